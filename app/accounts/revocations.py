@@ -1,0 +1,78 @@
+"""The list of revoked login sessions, shared by every API process."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts.repositories import AuthSessionRepository
+
+log = structlog.get_logger(__name__)
+
+
+class RevokedSessions:
+    """Which login sessions are revoked, for every API process at once.
+
+    PostgreSQL holds the truth (``auth_session.revoked_at``); Redis keeps one key per revoked, unexpired
+    session so the per-request check is a single round trip. A ``synced`` key records up to when Redis is
+    known to hold every revocation. Without it (Redis restarted empty) or without Redis at all the answer
+    comes from PostgreSQL. Every ``SYNC_INTERVAL`` one process copies the latest revocations over again, which
+    bounds how long a revocation whose Redis write failed can go unseen once Redis is reachable again.
+    """
+
+    SYNC_INTERVAL = 5.0
+    SYNC_OVERLAP = 60.0  # re-read this much history: clocks differ and commits land after revoked_at
+
+    def __init__(self, redis: Redis | None, key_prefix: str, max_lifetime: timedelta) -> None:
+        self.redis = redis
+        self.key_prefix = f"{key_prefix}:revoked"
+        self.synced_key = f"{self.key_prefix}:synced"
+        self.max_lifetime = max_lifetime
+
+    async def contains(self, session_id: UUID, db: AsyncSession) -> bool:
+        if self.redis is not None:
+            try:
+                revoked, synced = await self.redis.mget(self._key(session_id), self.synced_key)
+                if revoked is not None:
+                    return True
+                if synced is not None and time.time() - float(synced) < self.SYNC_INTERVAL:
+                    return False
+                await self._sync(db, since=float(synced) - self.SYNC_OVERLAP if synced else None)
+            except RedisError as exc:
+                log.warning("revocation cache unreachable, asking the database", error=str(exc))
+        return await AuthSessionRepository(session=db).is_revoked(session_id)
+
+    async def add(self, session_id: UUID, expires_at: datetime) -> None:
+        """Publish a revocation that is already committed to the database."""
+        if self.redis is None:
+            return
+        try:
+            await self.redis.set(self._key(session_id), b"1", exat=expires_at)
+        except RedisError as exc:
+            log.warning("revocation not cached; the next sync copies it from the database", error=str(exc))
+
+    async def _sync(self, db: AsyncSession, since: float | None) -> None:
+        """Copy revocations since ``since`` (everything still unexpired if None) from PostgreSQL to Redis."""
+        assert self.redis is not None
+        if not await self.redis.set(f"{self.key_prefix}:sync-lock", b"1", nx=True, ex=10):
+            return  # another process is at it; this request asks the database meanwhile
+        started = time.time()
+        oldest = datetime.now(UTC) - self.max_lifetime
+        since_at = oldest if since is None else max(oldest, datetime.fromtimestamp(since, UTC))
+        revoked = await AuthSessionRepository(session=db).revoked_since(since_at)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id, expires_at in revoked:
+                pipe.set(self._key(session_id), b"1", exat=expires_at)
+            pipe.set(self.synced_key, str(started).encode())
+            pipe.delete(f"{self.key_prefix}:sync-lock")
+            await pipe.execute()
+        log.info("revocations synced to redis", count=len(revoked), full=since is None)
+
+    def _key(self, session_id: UUID) -> str:
+        return f"{self.key_prefix}:{session_id}"

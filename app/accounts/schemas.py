@@ -1,0 +1,54 @@
+"""What the accounts API reads and writes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from advanced_alchemy.extensions.litestar import SQLAlchemyDTO, SQLAlchemyDTOConfig
+
+from app.accounts.models import User
+
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        max_length=254,
+        description="An email address; stored and compared in lower case.",
+        examples=["ada@example.com"],
+    ),
+]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128, examples=["correct horse battery"])]
+
+
+class Registration(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+
+
+class PasswordGrant(msgspec.Struct):
+    """The OAuth2 password grant form. Other OAuth2 fields (client_id, ...) are accepted and ignored."""
+
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=254, description="The account's email.")]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    grant_type: Literal["password"] | None = None
+    scope: str = ""
+
+
+class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class TokenPair(msgspec.Struct):
+    access_token: str
+    refresh_token: str
+    expires_in: Annotated[int, msgspec.Meta(description="Seconds until the access token expires.")]
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105
+
+
+class UserDTO(SQLAlchemyDTO[User]):
+    """A user as the API shows it: never the password hash."""
+
+    __schema_name__ = "User"
+
+    config = SQLAlchemyDTOConfig(include={"id", "email", "role", "created_at"})

@@ -1,0 +1,130 @@
+"""The API process: ``create_app()`` wires settings, plugins, middleware and routes.
+
+``app`` is what granian serves (``app.asgi:app``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar, get
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components
+from litestar.response import Redirect
+
+from app.accounts.auth import bearer_auth
+from app.accounts.cli import AccountsCLIPlugin
+from app.accounts.controller import AccountController
+from app.accounts.revocations import RevokedSessions
+from app.config import Settings, SettingsError
+from app.lib.db import sqlalchemy_config
+from app.lib.errors import problem_details_plugin
+from app.lib.health import HealthController
+from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
+from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
+from app.lib.redis import create_redis, create_stores
+from app.lib.security import PasswordHasher, TokenCodec
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@get("/docs", include_in_schema=False, opt={"exclude_from_auth": True})
+async def docs() -> Redirect:
+    return Redirect("/schema/swagger")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    configure_logging(level=settings.log_level, as_json=settings.log_as_json)
+
+    db = sqlalchemy_config(settings.database_url)
+    redis = create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
+    hasher = PasswordHasher.from_settings(settings)
+    tokens = TokenCodec.from_settings(settings)
+    revoked = RevokedSessions(redis, settings.redis_key_prefix, max_lifetime=tokens.refresh_ttl)
+    auth = bearer_auth(tokens, revoked, db)
+    client_address = ClientAddress.trusting(settings.trusted_proxies)
+
+    app = Litestar(
+        route_handlers=[AccountController, HealthController, docs],
+        dependencies={
+            "settings": _singleton(settings),
+            "redis": _singleton(redis),
+            "hasher": _singleton(hasher),
+            "tokens": _singleton(tokens),
+            "revoked": _singleton(revoked),
+        },
+        plugins=[SQLAlchemyPlugin(config=db), problem_details_plugin(), AccountsCLIPlugin()],
+        # Rate limits come before authentication, so floods of bad tokens are limited too.
+        middleware=[
+            # The stricter limiter is outermost, so its headers are the ones a client sees on auth routes.
+            rate_limit_config(
+                settings.auth_rate_limit.as_config(),
+                store="auth_rate_limit",
+                client_address=client_address,
+                only_opt=AUTH_RATE_LIMITED,
+            ).middleware,
+            rate_limit_config(
+                settings.rate_limit.as_config(), store="rate_limit", client_address=client_address
+            ).middleware,
+            auth.middleware,
+        ],
+        stores=create_stores(redis, settings.redis_key_prefix),
+        cors_config=_cors(settings),
+        openapi_config=_openapi(auth.openapi_components),
+        on_shutdown=[redis.aclose] if redis is not None else [],
+        request_max_body_size=MAX_BODY_BYTES,
+        logging_config=None,
+        debug=False,
+    )
+    # Outermost, so that every response (exception handler ones included) carries the request id.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    return app
+
+
+def _singleton(value: Any) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    if not settings.cors_allowed_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_allowed_origins),
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
+        expose_headers=[
+            REQUEST_ID_HEADER,
+            "X-Total-Count",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "RateLimit-Policy",
+        ],
+        allow_credentials=True,
+    )
+
+
+def _openapi(security_components: Components) -> OpenAPIConfig:
+    return OpenAPIConfig(
+        components=security_components,
+        title="orders",
+        version="0.1.0",
+        description="Order service API. Log in at `/token`, then send `Authorization: Bearer <token>`.",
+        render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin(), ScalarRenderPlugin()],
+    )
+
+
+def _app_from_environment() -> Litestar:
+    try:
+        return create_app()
+    except SettingsError as exc:
+        raise SystemExit(f"orders: {exc}") from None  # the reason, without a traceback around it
+
+
+app = _app_from_environment()

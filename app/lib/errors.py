@@ -1,0 +1,153 @@
+"""Domain exceptions, and the one place where every error becomes an RFC 9457 problem details response."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import msgspec
+import structlog
+from advanced_alchemy import exceptions as repository_errors
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+
+log = structlog.get_logger(__name__)
+
+_FIELD_IN_MESSAGE = re.compile(r"(?:missing required|unknown) field `(?P<field>[^`]+)`")
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+class ServiceError(Exception):
+    """An error the client can act on; subclasses fix the status."""
+
+    status_code: ClassVar[int] = HTTPStatus.INTERNAL_SERVER_ERROR
+    headers: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFoundError(ServiceError):
+    status_code = HTTPStatus.NOT_FOUND
+
+
+class ConflictError(ServiceError):
+    status_code = HTTPStatus.CONFLICT
+
+
+class ForbiddenError(ServiceError):
+    status_code = HTTPStatus.FORBIDDEN
+
+
+class UnprocessableError(ServiceError):
+    status_code = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class UnauthorizedError(ServiceError):
+    status_code = HTTPStatus.UNAUTHORIZED
+    headers = BEARER_CHALLENGE
+
+
+class FieldError(msgspec.Struct):
+    field: str
+    message: str
+
+
+class ProblemDetails(msgspec.Struct):
+    """The body of every error response (RFC 9457), served as ``application/problem+json``."""
+
+    status: int
+    title: str
+    detail: str
+    errors: list[FieldError] | msgspec.UnsetType = msgspec.UNSET
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the errors an operation can answer with."""
+    return {
+        status: ResponseSpec(
+            data_container=ProblemDetails,
+            description=HTTPStatus(status).phrase,
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+def problem(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> ProblemDetailsException:
+    return ProblemDetailsException(
+        status_code=int(status),
+        title=HTTPStatus(status).phrase,
+        detail=detail,
+        headers=headers,
+        extra=extra or None,
+    )
+
+
+def _from_service_error(exc: ServiceError) -> ProblemDetailsException:
+    return problem(exc.status_code, exc.detail, headers=exc.headers or None)
+
+
+def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
+    headers = exc.headers
+    if isinstance(exc, NotAuthorizedException):
+        headers = {**BEARER_CHALLENGE, **(headers or {})}
+    return problem(exc.status_code, exc.detail, headers=headers)
+
+
+def _from_validation_exception(exc: ValidationException) -> ProblemDetailsException:
+    """Litestar reports invalid input as 400; it is 422 here, with each failing field named."""
+    errors = [
+        {"field": _failing_field(error), "message": error.get("message", "is invalid")}
+        for error in exc.extra or []
+        if isinstance(error, dict)
+    ]
+    detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors) or exc.detail
+    return problem(HTTPStatus.UNPROCESSABLE_ENTITY, detail, errors=errors)
+
+
+def _failing_field(error: dict[str, Any]) -> str:
+    """Litestar names the parameter (``data`` for the body); msgspec names a missing or unknown field only in
+    its message. Report the field itself: ``password``, or ``items[0].price`` inside a nested object."""
+    key = error.get("key") or error.get("source") or "body"
+    if match := _FIELD_IN_MESSAGE.search(str(error.get("message", ""))):
+        return match["field"] if key == "data" else f"{key}.{match['field']}"
+    return str(key)
+
+
+def _from_repository_error(exc: repository_errors.RepositoryError) -> ProblemDetailsException:
+    if isinstance(exc, repository_errors.NotFoundError):
+        return problem(HTTPStatus.NOT_FOUND, "No such resource")
+    if isinstance(exc, repository_errors.IntegrityError):
+        return problem(HTTPStatus.CONFLICT, "The request conflicts with the current state of the resource")
+    return _from_unexpected(exc)
+
+
+def _from_unexpected(exc: Exception) -> ProblemDetailsException:
+    log.error("unhandled error", exc_info=exc)
+    return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "The server could not complete the request")
+
+
+_CONVERTERS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
+    ServiceError: _from_service_error,
+    HTTPException: _from_http_exception,
+    ValidationException: _from_validation_exception,
+    repository_errors.RepositoryError: _from_repository_error,
+    Exception: _from_unexpected,
+}
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=_CONVERTERS))

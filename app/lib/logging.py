@@ -1,0 +1,106 @@
+"""Structured logging for every process role, and the request id that ties a request's lines together."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import TYPE_CHECKING
+from uuid import uuid4
+
+import structlog
+from litestar.enums import ScopeType
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_HANDLER_NAME = "app"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def configure_logging(*, level: str, as_json: bool) -> None:
+    """structlog for our lines, and the standard library's (granian, SQLAlchemy, Celery) through the same
+    renderer, so production emits one JSON object per line whoever logs it."""
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler()
+    handler.name = _HANDLER_NAME
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info
+                if as_json
+                else structlog.processors.ExceptionPrettyPrinter(),
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [*(h for h in root.handlers if h.name != _HANDLER_NAME), handler]
+    root.setLevel(level)
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the client's ``X-Request-ID`` if it is sane, else a new one), binds it to
+    every log line of the request, returns it in the response and logs one access line.
+
+    It wraps the application's whole ASGI handler rather than sitting in Litestar's middleware list, because
+    responses made by the app-level exception handlers (401 from authentication, 429 from the rate limiter,
+    404 for unknown paths) never pass through route middleware.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.log = structlog.get_logger("app.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid4().hex
+        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_request_id)
+            finally:
+                self.log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            return candidate if _VALID_REQUEST_ID.match(candidate) else None
+    return None

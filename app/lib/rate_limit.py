@@ -1,0 +1,199 @@
+"""Rate limiting: Litestar's ``RateLimitConfig`` with what a multi-process deployment needs.
+
+Litestar's own middleware reads and then writes a history list (two round trips, not atomic across
+processes), sends no ``Retry-After`` and turns a store failure into a 500. The subclass here keeps its
+configuration surface and changes only the counting: one atomic fixed-window ``hit`` on the store (a Lua
+script on Redis), ``Retry-After`` on a 429, and, while Redis is unreachable, per-process counting in memory,
+so the API keeps answering and each process still enforces the limit on its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+import structlog
+from litestar.datastructures import MutableScopeHeaders
+from litestar.exceptions import TooManyRequestsException
+from litestar.middleware.rate_limit import DURATION_VALUES, RateLimitConfig, RateLimitMiddleware
+from litestar.stores.base import StorageObject
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from litestar.connection import Request
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger(__name__)
+
+AUTH_RATE_LIMITED = "auth_rate_limited"
+"""Route handler ``opt`` key: the handler also counts against the stricter authentication limit."""
+
+_HIT_SCRIPT = b"""
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+    ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+
+class Window(NamedTuple):
+    """The state of one client's fixed window after counting a request."""
+
+    requests: int
+    resets_in: int
+
+
+@runtime_checkable
+class WindowCounter(Protocol):
+    async def hit(self, key: str, window_seconds: int) -> Window: ...
+
+
+class RedisRateLimitStore(RedisStore):
+    """A ``RedisStore`` that also counts a fixed window in one atomic round trip."""
+
+    __slots__ = ("_hit_script",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hit_script = self._redis.register_script(_HIT_SCRIPT)
+
+    async def hit(self, key: str, window_seconds: int) -> Window:
+        count, ttl = await self._hit_script(keys=[self._make_key(key)], args=[window_seconds])
+        return Window(int(count), int(ttl))
+
+
+class MemoryRateLimitStore(MemoryStore):
+    """Per-process counting: the embedded default, and the fallback while Redis is unreachable."""
+
+    __slots__ = ()
+
+    async def hit(self, key: str, window_seconds: int) -> Window:
+        async with self._lock:
+            current = self._store.get(key)
+            if current is None or current.expired:
+                current = StorageObject(
+                    data=b"0", expires_at=datetime.now(UTC) + timedelta(seconds=window_seconds)
+                )
+            count = int(current.data) + 1
+            self._store[key] = StorageObject(data=str(count).encode(), expires_at=current.expires_at)
+            return Window(count, max(current.expires_in, 0))
+
+
+class SharedRateLimitMiddleware(RateLimitMiddleware):
+    def __init__(self, app: ASGIApp, config: RateLimitConfig) -> None:
+        super().__init__(app, config)
+        self.window_seconds = DURATION_VALUES[self.unit]
+        self.fallback = MemoryRateLimitStore()
+        self.store_failing = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = scope["litestar_app"]
+        request: Request[Any, Any, Any] = app.request_class(scope)
+        if await self.should_check_request(request):
+            window = await self.hit(self.cache_key_from_request(request), self.config.get_store_from_app(app))
+            headers = self.window_headers(window) if self.config.set_rate_limit_headers else {}
+            if window.requests > self.max_requests:
+                headers["Retry-After"] = str(max(window.resets_in, 1))
+                raise TooManyRequestsException(
+                    detail=f"Rate limit of {self.max_requests} requests per {self.unit} exceeded",
+                    headers=headers,
+                )
+            if headers:
+                send = _adding_headers(send, headers)
+        await self.app(scope, receive, send)
+
+    async def hit(self, key: str, store: Any) -> Window:
+        if not isinstance(store, WindowCounter):
+            raise TypeError(f"rate limit store {self.config.store!r} can't count windows")
+        try:
+            window = await store.hit(key, self.window_seconds)
+        except RedisError as exc:
+            if not self.store_failing:
+                log.warning("rate limit store unreachable, counting per process", error=str(exc))
+            self.store_failing = True
+            return await self.fallback.hit(key, self.window_seconds)
+        if self.store_failing:
+            log.info("rate limit store reachable again")
+            self.store_failing = False
+        return window
+
+    def window_headers(self, window: Window) -> dict[str, str]:
+        config = self.config
+        return {
+            config.rate_limit_policy_header_key: f"{self.max_requests};w={self.window_seconds}",
+            config.rate_limit_limit_header_key: str(self.max_requests),
+            config.rate_limit_remaining_header_key: str(max(self.max_requests - window.requests, 0)),
+            config.rate_limit_reset_header_key: str(window.resets_in),
+        }
+
+
+def _adding_headers(send: Send, headers: dict[str, str]) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message.setdefault("headers", [])
+            scope_headers = MutableScopeHeaders(message)
+            for name, value in headers.items():
+                scope_headers[name] = value
+        await send(message)
+
+    return send_with_headers
+
+
+@dataclass(frozen=True)
+class ClientAddress:
+    """Who a request comes from: the peer address, or ``X-Forwarded-For`` when the peer is a trusted proxy.
+
+    The forwarded chain is read from the right, skipping trusted proxies, so a client can't choose its own
+    identity by sending the header itself.
+    """
+
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=())
+
+    @classmethod
+    def trusting(cls, proxies: Iterable[str]) -> ClientAddress:
+        return cls(tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies))
+
+    def __call__(self, request: Request[Any, Any, Any]) -> str:
+        peer = request.client.host if request.client else "unknown"
+        if not self.trusted_proxies or not self.is_trusted(peer):
+            return peer
+        hops = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not self.is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_proxies)
+
+
+def rate_limit_config(
+    rate: tuple[Any, int],
+    *,
+    store: str,
+    client_address: ClientAddress,
+    only_opt: str | None = None,
+) -> RateLimitConfig:
+    """A limiter on its own store; ``only_opt`` restricts it to handlers whose ``opt`` sets that key."""
+    return RateLimitConfig(
+        rate_limit=rate,
+        store=store,
+        exclude=[r"^/health", r"^/schema", r"^/docs"],
+        identifier_for_request=client_address,
+        check_throttle_handler=(lambda request: bool(request.route_handler.opt.get(only_opt)))
+        if only_opt
+        else None,
+        middleware_class=SharedRateLimitMiddleware,
+    )

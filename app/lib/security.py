@@ -1,0 +1,146 @@
+"""Password hashing (Argon2id, off the event loop) and JWT encoding (PyJWT through Litestar's ``Token``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from uuid import UUID, uuid4
+
+import anyio.to_thread
+import argon2
+import jwt
+from litestar.exceptions import NotAuthorizedException
+from litestar.security.jwt import Token
+
+from app.config import Settings
+
+TokenKind = Literal["access", "refresh"]
+
+JWT_ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "iss", "aud", "typ", "sid")
+
+
+class PasswordHasher:
+    """Argon2id hashing that never blocks the event loop.
+
+    Each hash costs tens of milliseconds of CPU and ``memory_cost`` KiB of RAM, so it runs in a worker
+    thread and at most ``concurrency`` run at once per process: a burst of logins queues instead of
+    starving the CPU and memory of everything else.
+    """
+
+    def __init__(self, *, time_cost: int, memory_cost_kib: int, parallelism: int, concurrency: int) -> None:
+        self._argon2 = argon2.PasswordHasher(
+            time_cost=time_cost, memory_cost=memory_cost_kib, parallelism=parallelism, type=argon2.Type.ID
+        )
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._decoy_hash: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PasswordHasher:
+        return cls(
+            time_cost=settings.argon2_time_cost,
+            memory_cost_kib=settings.argon2_memory_cost_kib,
+            parallelism=settings.argon2_parallelism,
+            concurrency=settings.password_hash_concurrency,
+        )
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._argon2.hash, password, limiter=self._limiter)
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        return await anyio.to_thread.run_sync(self._verify, password_hash, password, limiter=self._limiter)
+
+    async def verify_decoy(self, password: str) -> None:
+        """Spend the time of a real verification, so an unknown account can't be told apart by timing."""
+        if self._decoy_hash is None:
+            self._decoy_hash = await self.hash(uuid4().hex)
+        await self.verify(self._decoy_hash, password)
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return self._argon2.check_needs_rehash(password_hash)
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._argon2.verify(password_hash, password)
+        except argon2.exceptions.VerificationError:
+            return False
+        except argon2.exceptions.InvalidHashError:
+            return False
+
+
+@dataclass
+class SessionToken(Token):
+    """The claims of both token kinds: ``typ`` tells them apart, ``sid`` names the login session."""
+
+    typ: TokenKind = "access"
+    sid: str = ""
+    role: str = "user"
+
+    def encode(self, secret: str, algorithm: str) -> str:
+        # Litestar's Token.encode would also put its empty ``extras`` mapping into the payload.
+        claims = {key: value for key, value in asdict(self).items() if value is not None and key != "extras"}
+        return jwt.encode(claims, key=secret, algorithm=algorithm)
+
+    @property
+    def session_id(self) -> UUID:
+        return UUID(self.sid)
+
+    @property
+    def token_id(self) -> UUID:
+        return UUID(str(self.jti))
+
+
+@dataclass(frozen=True)
+class TokenCodec:
+    """Signs and verifies this service's JWTs: algorithm pinned, all of ``REQUIRED_CLAIMS`` required."""
+
+    secret: str
+    issuer: str
+    audience: str
+    access_ttl: timedelta
+    refresh_ttl: timedelta
+    algorithm: str = field(default=JWT_ALGORITHM)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenCodec:
+        return cls(
+            secret=settings.jwt_secret,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            access_ttl=timedelta(seconds=settings.access_token_ttl_seconds),
+            refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
+        )
+
+    def issue(
+        self, kind: TokenKind, *, subject: UUID, session_id: UUID, role: str, token_id: UUID
+    ) -> SessionToken:
+        now = datetime.now(UTC)
+        return SessionToken(
+            exp=now + (self.access_ttl if kind == "access" else self.refresh_ttl),
+            iat=now,
+            sub=str(subject),
+            iss=self.issuer,
+            aud=self.audience,
+            jti=str(token_id),
+            typ=kind,
+            sid=str(session_id),
+            role=role,
+        )
+
+    def encode(self, token: SessionToken) -> str:
+        return token.encode(self.secret, self.algorithm)
+
+    def decode(self, encoded: str, kind: TokenKind) -> SessionToken:
+        """Verify signature, expiry, issuer, audience and kind, or raise a 401."""
+        token = SessionToken.decode(
+            encoded,
+            secret=self.secret,
+            algorithm=self.algorithm,
+            audience=self.audience,
+            issuer=self.issuer,
+            require_claims=REQUIRED_CLAIMS,
+        )
+        if token.typ != kind:
+            raise NotAuthorizedException("Invalid token")
+        return token

@@ -1,0 +1,45 @@
+# Recipes for the orders service. Run them as `uv run just <recipe>`; `just --list` shows them all.
+# A .env file, if present, is loaded into every recipe's environment (see .env.example).
+
+set dotenv-load := true
+
+export LITESTAR_APP := "app.asgi:app"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install the locked dependencies (the dev group included).
+install:
+    uv sync --locked
+
+# Apply the database migrations (alembic upgrade head on $DATABASE_URL).
+migrate:
+    uv run alembic upgrade head
+
+# Migrate, then serve the API with auto-reload on http://127.0.0.1:${PORT:-8000}.
+dev: migrate
+    uv run granian --interface asgi --reload --reload-paths app --host 127.0.0.1 --port ${PORT:-8000} app.asgi:app
+
+# Serve the API in production mode with granian ($WORKERS workers on $PORT).
+serve:
+    APP_ENV=production uv run granian --interface asgi --host 0.0.0.0 --port ${PORT:-8000} --workers ${WORKERS:-2} --workers-kill-timeout 30 app.asgi:app
+
+# Create an admin account (password prompted, or taken from $ADMIN_PASSWORD).
+create-admin email:
+    uv run litestar users create-admin {{email}}
+
+# Run the whole test suite (needs PostgreSQL and Redis; see README).
+test *args:
+    uv run pytest {{args}}
+
+# Lint and type-check.
+lint:
+    uv run ruff check app tests db
+    uv run ruff format --check app tests db
+    uv run mypy
+
+# Format the code and apply safe lint fixes.
+fmt:
+    uv run ruff format app tests db
+    uv run ruff check --fix app tests db

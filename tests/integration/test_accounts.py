@@ -1,0 +1,195 @@
+"""The accounts API, black-box over HTTP against PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.config import Settings
+from tests.support import PASSWORD, bearer, login, new_email, register, signed_up, token_request
+
+Client = AsyncTestClient[Any]
+
+
+async def test_register_returns_the_account_without_secrets(client: Client) -> None:
+    email = new_email()
+    response = await client.post("/register", json={"email": email.upper(), "password": PASSWORD})
+
+    assert response.status_code == 201
+    body = response.json()
+    assert UUID(body["id"])
+    assert body["email"] == email
+    assert body["created_at"].endswith("Z")
+    assert "password" not in response.text
+    assert "hash" not in response.text
+
+
+@pytest.mark.parametrize("path", ["/register/", "/token/"])
+async def test_paths_answer_with_a_trailing_slash(client: Client, path: str) -> None:
+    account = await register(client)
+    if path == "/register/":
+        response = await client.post(path, json={"email": new_email(), "password": PASSWORD})
+        assert response.status_code == 201
+    else:
+        response = await client.post(path, data={"username": account.email, "password": PASSWORD})
+        assert response.status_code == 200
+
+
+async def test_duplicate_email_is_a_conflict_whatever_its_case(client: Client) -> None:
+    account = await register(client)
+    response = await client.post("/register", json={"email": account.email.upper(), "password": PASSWORD})
+
+    assert response.status_code == 409
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == 409
+    assert account.email in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "not-an-email", "password": PASSWORD}, "email"),
+        ({"email": "a@b", "password": PASSWORD}, "email"),
+        ({"email": f"{'a' * 250}@example.com", "password": PASSWORD}, "email"),
+        ({"email": new_email(), "password": "short"}, "password"),
+        ({"email": new_email(), "password": "x" * 129}, "password"),
+        ({"email": new_email()}, "password"),
+        ({"email": new_email(), "password": PASSWORD, "role": "admin"}, "role"),
+    ],
+)
+async def test_invalid_registration_is_422_naming_the_field(
+    client: Client, body: dict[str, str], field: str
+) -> None:
+    response = await client.post("/register", json=body)
+
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["status"] == 422
+    assert [error["field"] for error in problem["errors"]] == [field]
+
+
+async def test_password_lengths_at_the_bounds_are_accepted(client: Client) -> None:
+    for password in ("x" * 8, "x" * 128):
+        response = await client.post("/register", json={"email": new_email(), "password": password})
+        assert response.status_code == 201
+
+
+async def test_login_returns_a_bearer_token_pair(client: Client, settings: Settings) -> None:
+    account = await register(client)
+    response = await token_request(client, account.email, account.password)
+
+    assert response.status_code == 200
+    tokens = response.json()
+    assert tokens["token_type"] == "bearer"
+    assert tokens["expires_in"] == settings.access_token_ttl_seconds
+    assert tokens["access_token"] != tokens["refresh_token"]
+
+
+async def test_login_accepts_the_email_in_any_case(client: Client) -> None:
+    account = await register(client)
+    response = await token_request(client, account.email.upper(), account.password)
+    assert response.status_code == 200
+
+
+async def test_wrong_password_and_unknown_user_fail_alike(client: Client) -> None:
+    account = await register(client)
+    wrong_password = await token_request(client, account.email, "not the password")
+    unknown_user = await token_request(client, new_email(), account.password)
+
+    for response in (wrong_password, unknown_user):
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert wrong_password.json() == unknown_user.json()
+
+
+async def test_login_form_without_password_is_422(client: Client) -> None:
+    response = await client.post("/token", data={"username": new_email()})
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["password"]
+
+
+async def test_me_is_the_caller(client: Client) -> None:
+    account = await signed_up(client)
+    response = await client.get("/users/me", headers=account.headers)
+
+    assert response.status_code == 200
+    assert response.json()["id"] == account.id
+    assert response.json()["email"] == account.email
+    assert response.json()["role"] == "user"
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer", "Bearer not-a-jwt", "Basic dXNlcjpwYXNz"])
+async def test_me_without_a_valid_token_is_401_with_a_challenge(
+    client: Client, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    response = await client.get("/users/me", headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_refresh_token_is_not_an_access_token(client: Client) -> None:
+    account = await signed_up(client)
+    response = await client.get("/users/me", headers=bearer(account.tokens["refresh_token"]))
+    assert response.status_code == 401
+
+
+async def test_an_access_token_is_not_a_refresh_token(client: Client) -> None:
+    account = await signed_up(client)
+    response = await client.post("/token/refresh", json={"refresh_token": account.tokens["access_token"]})
+    assert response.status_code == 401
+
+
+async def test_refresh_rotates_the_pair(client: Client) -> None:
+    account = await signed_up(client)
+    response = await client.post("/token/refresh", json={"refresh_token": account.tokens["refresh_token"]})
+
+    assert response.status_code == 200
+    fresh = response.json()
+    assert fresh["refresh_token"] != account.tokens["refresh_token"]
+    assert (await client.get("/users/me", headers=bearer(fresh["access_token"]))).status_code == 200
+    again = await client.post("/token/refresh", json={"refresh_token": fresh["refresh_token"]})
+    assert again.status_code == 200
+
+
+async def test_reusing_a_rotated_refresh_token_revokes_the_whole_session(client: Client) -> None:
+    account = await signed_up(client)
+    stolen = account.tokens["refresh_token"]
+    rotated = (await client.post("/token/refresh", json={"refresh_token": stolen})).json()
+
+    reuse = await client.post("/token/refresh", json={"refresh_token": stolen})
+
+    assert reuse.status_code == 401
+    assert "reuse" in reuse.json()["detail"]
+    assert (
+        await client.post("/token/refresh", json={"refresh_token": rotated["refresh_token"]})
+    ).status_code == 401
+    assert (await client.get("/users/me", headers=bearer(rotated["access_token"]))).status_code == 401
+    assert (await client.get("/users/me", headers=account.headers)).status_code == 401
+
+
+async def test_refresh_with_a_malformed_body_is_422(client: Client) -> None:
+    response = await client.post("/token/refresh", json={"token": "x"})
+    assert response.status_code == 422
+
+
+async def test_logout_ends_the_session_and_only_that_session(client: Client) -> None:
+    account = await signed_up(client)
+    other_session = await login(client, type(account)(email=account.email, password=account.password))
+
+    response = await client.post("/logout", headers=account.headers)
+
+    assert response.status_code == 204
+    assert (await client.get("/users/me", headers=account.headers)).status_code == 401
+    refresh = await client.post("/token/refresh", json={"refresh_token": account.tokens["refresh_token"]})
+    assert refresh.status_code == 401
+    assert (await client.get("/users/me", headers=other_session.headers)).status_code == 200
+
+
+async def test_logout_needs_a_token(client: Client) -> None:
+    assert (await client.post("/logout")).status_code == 401

@@ -1,0 +1,178 @@
+"""What every route shares: errors, CORS, request ids, health, the OpenAPI document and the logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.config import Settings
+from tests.support import PASSWORD, UNREACHABLE_REDIS_URL, register, same_stores, serving, signed_up
+
+Client = AsyncTestClient[Any]
+ORIGIN = "https://shop.example.com"
+
+
+async def test_unknown_path_is_a_problem_document(client: Client) -> None:
+    response = await client.get("/no/such/path")
+
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == 404
+
+
+async def test_wrong_method_is_405(client: Client) -> None:
+    response = await client.delete("/register")
+    assert response.status_code == 405
+    assert response.json()["status"] == 405
+
+
+async def test_malformed_json_is_a_client_error(client: Client) -> None:
+    response = await client.post(
+        "/register", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["status"] == 400
+
+
+async def test_a_broken_database_is_a_500_that_leaks_nothing(settings: Settings) -> None:
+    broken = same_stores(settings, database_url="postgresql+asyncpg://postgres@127.0.0.1:1/orders")
+    async with serving(broken) as client:
+        response = await client.post("/register", json={"email": "a@example.com", "password": PASSWORD})
+
+    assert response.status_code == 500
+    assert response.json() == {
+        "status": 500,
+        "title": "Internal Server Error",
+        "detail": "The server could not complete the request",
+    }
+
+
+async def test_an_oversized_body_is_413(client: Client) -> None:
+    response = await client.post(
+        "/register",
+        content=b'{"email": "' + b"a" * 2_000_000 + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+
+
+@pytest.fixture
+async def cors_client(settings: Settings) -> Any:
+    async with serving(same_stores(settings, cors_allowed_origins=(ORIGIN,))) as client:
+        yield client
+
+
+async def test_preflight_from_an_allowed_origin_is_answered(cors_client: Client) -> None:
+    response = await cors_client.options(
+        "/users/me",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "Authorization",
+        },
+    )
+
+    assert response.status_code in (200, 204)
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "GET" in response.headers["access-control-allow-methods"]
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+async def test_a_foreign_origin_gets_no_cors_headers(cors_client: Client) -> None:
+    preflight = await cors_client.options(
+        "/users/me", headers={"Origin": "https://evil.example.net", "Access-Control-Request-Method": "GET"}
+    )
+    simple = await cors_client.get("/health", headers={"Origin": "https://evil.example.net"})
+
+    assert "access-control-allow-origin" not in preflight.headers
+    assert "access-control-allow-origin" not in simple.headers
+
+
+async def test_every_response_carries_a_request_id(client: Client) -> None:
+    ok = await client.get("/health")
+    unauthorized = await client.get("/users/me")
+    echoed = await client.get("/health", headers={"X-Request-ID": "abc-123"})
+    refused = await client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+
+    assert len(ok.headers["x-request-id"]) == 32
+    assert len(unauthorized.headers["x-request-id"]) == 32
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert refused.headers["x-request-id"] != "bad id\twith spaces"
+
+
+async def test_liveness_touches_nothing(settings: Settings) -> None:
+    nothing = same_stores(
+        settings, database_url="postgresql+asyncpg://postgres@127.0.0.1:1/x", redis_url=UNREACHABLE_REDIS_URL
+    )
+    async with serving(nothing) as client:
+        response = await client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readiness_lists_each_dependency(client: Client) -> None:
+    response = await client.get("/health/ready")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert {name: state["status"] for name, state in body["dependencies"].items()} == {
+        "database": "ok",
+        "redis": "ok",
+        "rabbitmq": "ok",
+    }
+
+
+async def test_readiness_is_503_naming_the_failing_dependency(settings: Settings) -> None:
+    async with serving(same_stores(settings, redis_url=UNREACHABLE_REDIS_URL)) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 503
+    dependencies = response.json()["dependencies"]
+    assert dependencies["redis"]["status"] == "failing"
+    assert dependencies["database"]["status"] == "ok"
+
+
+async def test_openapi_document_lets_a_client_log_in(client: Client) -> None:
+    response = await client.get("/schema/openapi.json")
+
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.1")
+    schemes = document["components"]["securitySchemes"]
+    flows = [scheme["flows"]["password"] for scheme in schemes.values() if scheme["type"] == "oauth2"]
+    assert flows == [{"tokenUrl": "/token", "scopes": {}}]
+    assert {"/register", "/token", "/token/refresh", "/logout", "/users/me"} <= set(document["paths"])
+    assert "password_hash" not in response.text
+
+
+@pytest.mark.parametrize("path", ["/schema/swagger", "/schema/redoc", "/schema/scalar"])
+async def test_documentation_pages_are_served(client: Client, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 200
+    assert "text/html" in response.headers["content-type"]
+
+
+async def test_docs_leads_to_swagger_ui(client: Client) -> None:
+    response = await client.get("/docs", follow_redirects=False)
+    assert response.status_code in (301, 302, 307, 308)
+    assert response.headers["location"] == "/schema/swagger"
+
+
+async def test_logs_carry_request_ids_but_never_passwords_or_tokens(
+    capsys: pytest.CaptureFixture[str], settings: Settings
+) -> None:
+    async with serving(settings) as client:  # logging set up while stderr is captured
+        account = await signed_up(client)
+        await client.get("/users/me", headers=account.headers)
+        await register(client, password="another secret password")
+
+    logged = capsys.readouterr().err
+    assert "request_id=" in logged
+    assert account.password not in logged
+    assert "another secret password" not in logged
+    assert account.tokens["access_token"] not in logged
+    assert account.tokens["refresh_token"] not in logged

@@ -1,0 +1,149 @@
+"""The service as people run it: the embedded default, granian with two workers, the admin CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.support import AMQP_URL, JWT_SECRET, PASSWORD, REDIS_URL, ROOT, free_port, new_email, serving
+
+BIN = Path(sys.executable).parent
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """Only what a fresh shell has, plus ``values``: nothing leaks in from the test run's environment."""
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **values}
+
+
+async def test_embedded_default_runs_the_account_flow_with_no_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subprocess.run(
+        [BIN / "alembic", "-c", ROOT / "alembic.ini", "upgrade", "head"],
+        cwd=tmp_path,
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+
+    async with serving(settings) as client:
+        email = new_email()
+        assert (
+            await client.post("/register", json={"email": email, "password": PASSWORD})
+        ).status_code == 201
+        tokens = (await client.post("/token", data={"username": email, "password": PASSWORD})).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        assert (await client.get("/users/me", headers=headers)).json()["email"] == email
+        assert (await client.post("/logout", headers=headers)).status_code == 204
+        assert (await client.get("/users/me", headers=headers)).status_code == 401
+        ready = (await client.get("/health/ready")).json()
+
+    assert (tmp_path / "orders.db").exists()
+    assert ready["dependencies"]["database"]["status"] == "ok"
+    assert ready["dependencies"]["redis"]["status"] == "not configured"
+
+
+@pytest.fixture
+def granian(database_url: str) -> Iterator[str]:
+    """`just serve`'s command line: granian, production settings, two workers."""
+    port = free_port()
+    env = clean_env(
+        APP_ENV="production",
+        DATABASE_URL=database_url,
+        REDIS_URL=REDIS_URL,
+        REDIS_KEY_PREFIX=f"test-granian-{port}",
+        AMQP_URL=AMQP_URL,
+        JWT_SECRET=JWT_SECRET,
+        AUTH_RATE_LIMIT="6/minute",
+        ARGON2_MEMORY_COST_KIB="8",
+        ARGON2_TIME_COST="1",
+        ARGON2_PARALLELISM="1",
+    )
+    command = [BIN / "granian", "--interface", "asgi", "--workers", "2", "--port", str(port), "app.asgi:app"]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("granian did not start: " + server.stderr.read().decode() if server.stderr else "")
+        yield base_url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_granian_with_two_workers_shares_logout_and_limits(granian: str) -> None:
+    email = new_email()
+
+    def fresh_connection() -> httpx.Client:  # a new connection may land on either worker
+        return httpx.Client(base_url=granian, timeout=10)
+
+    with fresh_connection() as http:
+        assert http.post("/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        tokens = http.post("/token", data={"username": email, "password": PASSWORD}).json()
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    for _ in range(6):
+        with fresh_connection() as http:
+            assert http.get("/users/me", headers=headers).status_code == 200
+
+    with fresh_connection() as http:
+        assert http.post("/logout", headers=headers).status_code == 204
+    for _ in range(10):
+        with fresh_connection() as http:
+            assert http.get("/users/me", headers=headers).status_code == 401
+
+    statuses = []
+    for _ in range(6):
+        with fresh_connection() as http:
+            statuses.append(http.post("/token", data={"username": email, "password": "wrong"}).status_code)
+    # /register and /token above used 2 of the 6 allowed per minute, whichever worker counted them
+    assert statuses == [401, 401, 401, 401, 429, 429]
+
+
+async def test_admins_are_created_by_the_cli(database_url: str, settings: Settings) -> None:
+    email = new_email()
+    env = clean_env(
+        DATABASE_URL=database_url, ADMIN_PASSWORD=PASSWORD, ARGON2_MEMORY_COST_KIB="8", ARGON2_PARALLELISM="1"
+    )
+    created = subprocess.run(
+        [BIN / "litestar", "--app", "app.asgi:app", "users", "create-admin", email],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    assert f"admin {email} created" in created.stdout
+
+    again = subprocess.run(
+        [BIN / "litestar", "--app", "app.asgi:app", "users", "create-admin", email],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode != 0
+    assert "already exists" in again.stderr
+
+    async with serving(settings) as client:
+        tokens = (await client.post("/token", data={"username": email, "password": PASSWORD})).json()
+        me = await client.get("/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert me.json()["role"] == "admin"
