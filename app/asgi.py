@@ -26,8 +26,9 @@ from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController
 from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
-from app.lib.redis import create_redis, create_stores
+from app.lib.redis import create_redis
 from app.lib.security import PasswordHasher, TokenCodec
+from app.lib.stores import create_stores
 
 MAX_BODY_BYTES = 1024 * 1024
 

@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from app.accounts.auth import BEARER_REQUIRED, TOKEN_URL, Principal
 from app.accounts.models import AuthSession, User
 from app.accounts.revocations import RevokedSessions
-from app.accounts.schemas import PasswordGrant, RefreshRequest, Registration, TokenPair, UserDTO
+from app.accounts.schemas import PasswordGrant, RefreshRequest, Registration, TokenPair, UserRead
 from app.accounts.services import AuthSessionService, UserService
 from app.lib.errors import UnauthorizedError, problem_responses
 from app.lib.rate_limit import AUTH_RATE_LIMITED
@@ -33,7 +33,6 @@ class AccountController(Controller):
     @post(
         "/register",
         opt=PUBLIC,
-        return_dto=UserDTO,
         status_code=HTTP_201_CREATED,
         summary="Create an account",
         responses=problem_responses(409, 422, 429),
@@ -43,8 +42,9 @@ class AccountController(Controller):
         data: JSONBody[Registration],
         users: NamedDependency[UserService],
         hasher: NamedDependency[PasswordHasher],
-    ) -> User:
-        return await users.register(data.email, data.password, hasher)
+    ) -> UserRead:
+        user = await users.register(data.email, data.password, hasher)
+        return users.to_schema(user, schema_type=UserRead)
 
     @post(
         TOKEN_URL,
@@ -106,18 +106,17 @@ class AccountController(Controller):
 
     @get(
         "/users/me",
-        return_dto=UserDTO,
         summary="The calling user",
         security=BEARER_REQUIRED,
         responses=problem_responses(401),
     )
     async def me(
         self, request: Request[Principal, SessionToken, Any], users: NamedDependency[UserService]
-    ) -> User:
+    ) -> UserRead:
         user = await users.get_one_or_none(id=request.user.user_id)
         if user is None:
             raise UnauthorizedError("The account no longer exists")
-        return user
+        return users.to_schema(user, schema_type=UserRead)
 
 
 def issue_tokens(tokens: TokenCodec, user: User, session: AuthSession) -> TokenPair:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
+from uuid import UUID
 
 import msgspec
-from advanced_alchemy.extensions.litestar import SQLAlchemyDTO, SQLAlchemyDTOConfig
 
-from app.accounts.models import User
+from app.accounts.models import Role
 
 Email = Annotated[
     str,
@@ -46,9 +47,10 @@ class TokenPair(msgspec.Struct):
     token_type: Literal["bearer"] = "bearer"  # noqa: S105
 
 
-class UserDTO(SQLAlchemyDTO[User]):
-    """A user as the API shows it: never the password hash."""
+class UserRead(msgspec.Struct):
+    """A user as the API shows it; the password hash never leaves the service."""
 
-    __schema_name__ = "User"
-
-    config = SQLAlchemyDTOConfig(include={"id", "email", "role", "created_at"})
+    id: UUID
+    email: str
+    role: Role
+    created_at: datetime

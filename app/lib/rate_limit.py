@@ -12,17 +12,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.rate_limit import DURATION_VALUES, RateLimitConfig, RateLimitMiddleware
-from litestar.stores.base import StorageObject
-from litestar.stores.memory import MemoryStore
-from litestar.stores.redis import RedisStore
 from redis.exceptions import RedisError
+
+from app.lib.stores import AtomicMemoryStore, AtomicStore, Window
 
 if TYPE_CHECKING:
     from litestar.connection import Request
@@ -33,65 +31,12 @@ log = structlog.get_logger(__name__)
 AUTH_RATE_LIMITED = "auth_rate_limited"
 """Route handler ``opt`` key: the handler also counts against the stricter authentication limit."""
 
-_HIT_SCRIPT = b"""
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('TTL', KEYS[1])
-if ttl < 0 then
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
-    ttl = tonumber(ARGV[1])
-end
-return {count, ttl}
-"""
-
-
-class Window(NamedTuple):
-    """The state of one client's fixed window after counting a request."""
-
-    requests: int
-    resets_in: int
-
-
-@runtime_checkable
-class WindowCounter(Protocol):
-    async def hit(self, key: str, window_seconds: int) -> Window: ...
-
-
-class RedisRateLimitStore(RedisStore):
-    """A ``RedisStore`` that also counts a fixed window in one atomic round trip."""
-
-    __slots__ = ("_hit_script",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._hit_script = self._redis.register_script(_HIT_SCRIPT)
-
-    async def hit(self, key: str, window_seconds: int) -> Window:
-        count, ttl = await self._hit_script(keys=[self._make_key(key)], args=[window_seconds])
-        return Window(int(count), int(ttl))
-
-
-class MemoryRateLimitStore(MemoryStore):
-    """Per-process counting: the embedded default, and the fallback while Redis is unreachable."""
-
-    __slots__ = ()
-
-    async def hit(self, key: str, window_seconds: int) -> Window:
-        async with self._lock:
-            current = self._store.get(key)
-            if current is None or current.expired:
-                current = StorageObject(
-                    data=b"0", expires_at=datetime.now(UTC) + timedelta(seconds=window_seconds)
-                )
-            count = int(current.data) + 1
-            self._store[key] = StorageObject(data=str(count).encode(), expires_at=current.expires_at)
-            return Window(count, max(current.expires_in, 0))
-
 
 class SharedRateLimitMiddleware(RateLimitMiddleware):
     def __init__(self, app: ASGIApp, config: RateLimitConfig) -> None:
         super().__init__(app, config)
         self.window_seconds = DURATION_VALUES[self.unit]
-        self.fallback = MemoryRateLimitStore()
+        self.fallback = AtomicMemoryStore()
         self.store_failing = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,7 +56,7 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
         await self.app(scope, receive, send)
 
     async def hit(self, key: str, store: Any) -> Window:
-        if not isinstance(store, WindowCounter):
+        if not isinstance(store, AtomicStore):
             raise TypeError(f"rate limit store {self.config.store!r} can't count windows")
         try:
             window = await store.hit(key, self.window_seconds)

@@ -119,6 +119,7 @@ async def test_me_is_the_caller(client: Client) -> None:
     assert response.json()["id"] == account.id
     assert response.json()["email"] == account.email
     assert response.json()["role"] == "user"
+    assert set(response.json()) == {"id", "email", "role", "created_at"}
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer", "Bearer not-a-jwt", "Basic dXNlcjpwYXNz"])

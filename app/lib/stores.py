@@ -1,0 +1,131 @@
+"""Litestar stores with the atomic operations the service needs beyond get and set.
+
+- ``hit``: count a request in a fixed window (rate limits), one round trip.
+- ``put_if_newer`` / ``get_versioned``: a value tagged with a version that only ever moves forward, so a
+  slow writer can't overwrite a newer value with an older one (the order cache).
+
+Each exists for Redis (a Lua script, atomic across every process) and in memory (the embedded default and
+the fallback while Redis is unreachable; atomic within the process).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from litestar.stores.base import StorageObject
+from litestar.stores.memory import MemoryStore
+from litestar.stores.redis import RedisStore
+from litestar.stores.registry import StoreRegistry
+from redis.asyncio import Redis
+
+_HIT = b"""
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+    ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+_PUT_IF_NEWER = b"""
+local current = redis.call('GET', KEYS[1])
+if current then
+    local version = tonumber(string.match(current, '^(%d+)|'))
+    if version and version >= tonumber(ARGV[1]) then
+        return 0
+    end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+class Window(NamedTuple):
+    """One client's fixed window after counting a request."""
+
+    requests: int
+    resets_in: int
+
+
+class Versioned(NamedTuple):
+    version: int
+    value: bytes
+
+
+@runtime_checkable
+class AtomicStore(Protocol):
+    async def hit(self, key: str, window_seconds: int) -> Window: ...
+
+    async def get_versioned(self, key: str) -> Versioned | None: ...
+
+    async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool: ...
+
+
+class AtomicRedisStore(RedisStore):
+    __slots__ = ("_hit", "_put_if_newer")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hit = self._redis.register_script(_HIT)
+        self._put_if_newer = self._redis.register_script(_PUT_IF_NEWER)
+
+    async def hit(self, key: str, window_seconds: int) -> Window:
+        requests, ttl = await self._hit(keys=[self._make_key(key)], args=[window_seconds])
+        return Window(int(requests), int(ttl))
+
+    async def get_versioned(self, key: str) -> Versioned | None:
+        return _split(await self.get(key))
+
+    async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool:
+        return bool(await self._put_if_newer(keys=[self._make_key(key)], args=[version, value, expires_in]))
+
+
+class AtomicMemoryStore(MemoryStore):
+    __slots__ = ()
+
+    async def hit(self, key: str, window_seconds: int) -> Window:
+        async with self._lock:
+            current = self._live(key)
+            if current is None:
+                current = StorageObject(
+                    data=b"0", expires_at=datetime.now(UTC) + timedelta(seconds=window_seconds)
+                )
+            requests = int(current.data) + 1
+            self._store[key] = StorageObject(data=str(requests).encode(), expires_at=current.expires_at)
+            return Window(requests, max(current.expires_in, 0))
+
+    async def get_versioned(self, key: str) -> Versioned | None:
+        return _split(await self.get(key))
+
+    async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool:
+        async with self._lock:
+            current = self._live(key)
+            stored = _split(current.data) if current else None
+            if stored is not None and stored.version >= version:
+                return False
+            self._store[key] = StorageObject.new(data=_join(version, value), expires_in=expires_in)
+            return True
+
+    def _live(self, key: str) -> StorageObject | None:
+        stored = self._store.get(key)
+        return None if stored is None or stored.expired else stored
+
+
+def _join(version: int, value: bytes) -> bytes:
+    return b"%d|%b" % (version, value)
+
+
+def _split(stored: bytes | None) -> Versioned | None:
+    if stored is None:
+        return None
+    version, _, value = stored.partition(b"|")
+    return Versioned(int(version), value)
+
+
+def create_stores(redis: Redis | None, prefix: str) -> StoreRegistry:
+    """Every store by name, each in its own namespace so limiters and caches never share keys."""
+    if redis is None:
+        return StoreRegistry(default_factory=lambda _: AtomicMemoryStore())
+    return StoreRegistry(default_factory=lambda name: AtomicRedisStore(redis, namespace=f"{prefix}:{name}"))
