@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, get
@@ -28,7 +28,9 @@ from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configu
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
 from app.lib.security import PasswordHasher, TokenCodec
-from app.lib.stores import create_stores
+from app.lib.stores import AtomicStore, create_stores
+from app.orders.cache import OrderCache
+from app.orders.controller import OrderController
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -49,15 +51,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     revoked = RevokedSessions(redis, settings.redis_key_prefix, max_lifetime=tokens.refresh_ttl)
     auth = bearer_auth(tokens, revoked, db)
     client_address = ClientAddress.trusting(settings.trusted_proxies)
+    stores = create_stores(redis, settings.redis_key_prefix)
+    order_cache = OrderCache(cast("AtomicStore", stores.get("order_cache")), settings.cache_ttl_seconds)
 
     app = Litestar(
-        route_handlers=[AccountController, HealthController, docs],
+        route_handlers=[AccountController, OrderController, HealthController, docs],
         dependencies={
             "settings": _singleton(settings),
             "redis": _singleton(redis),
             "hasher": _singleton(hasher),
             "tokens": _singleton(tokens),
             "revoked": _singleton(revoked),
+            "order_cache": _singleton(order_cache),
         },
         plugins=[SQLAlchemyPlugin(config=db), problem_details_plugin(), AccountsCLIPlugin()],
         # Rate limits come before authentication, so floods of bad tokens are limited too.
@@ -74,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ).middleware,
             auth.middleware,
         ],
-        stores=create_stores(redis, settings.redis_key_prefix),
+        stores=stores,
         cors_config=_cors(settings),
         openapi_config=_openapi(auth.openapi_components),
         on_shutdown=[redis.aclose] if redis is not None else [],

@@ -5,13 +5,12 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 from uuid import uuid4
 
 import asyncpg
 import pytest
 import redis
-from litestar.testing import AsyncTestClient
+from httpx import AsyncClient
 
 from app.config import Settings
 from tests.support import POSTGRES_URL, REDIS_URL, ROOT, serving, settings_for
@@ -52,7 +51,7 @@ def settings(database_url: str) -> Iterator[Settings]:
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
     async with serving(settings) as client:
         yield client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -12,8 +13,7 @@ from typing import Any
 from uuid import uuid4
 
 import msgspec
-from httpx import Response
-from litestar.testing import AsyncTestClient
+from httpx import ASGITransport, AsyncClient, Response
 
 from app.asgi import create_app
 from app.config import RateLimit, Settings
@@ -51,9 +51,27 @@ def same_stores(settings: Settings, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=create_app(settings)) as client:
-        yield client
+async def serving(settings: Settings) -> AsyncIterator[AsyncClient]:
+    """A client of an app running in the test's own event loop, lifespan included, so that requests
+    gathered together really run concurrently (Litestar's test client serialises them through a thread)."""
+    app = create_app(settings)
+    started, stopping = asyncio.Event(), asyncio.Event()
+
+    async def lifespan() -> None:  # entered and left in one task, whichever tasks the fixtures run in
+        async with app.lifespan():
+            started.set()
+            await stopping.wait()
+
+    running = asyncio.create_task(lifespan())
+    await asyncio.wait([running, asyncio.create_task(started.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if running.done():
+        running.result()  # startup failed: raise its error
+    try:
+        async with AsyncClient(transport=ASGITransport(app=app), base_url="http://orders.test") as client:
+            yield client
+    finally:
+        stopping.set()
+        await running
 
 
 @dataclass
@@ -76,9 +94,7 @@ def new_email() -> str:
     return f"user-{uuid4().hex[:12]}@example.com"
 
 
-async def register(
-    client: AsyncTestClient[Any], email: str | None = None, password: str = PASSWORD
-) -> Account:
+async def register(client: AsyncClient, email: str | None = None, password: str = PASSWORD) -> Account:
     account = Account(email=email or new_email(), password=password)
     response = await client.post("/register", json={"email": account.email, "password": password})
     assert response.status_code == 201, response.text
@@ -86,19 +102,33 @@ async def register(
     return account
 
 
-async def login(client: AsyncTestClient[Any], account: Account) -> Account:
+async def login(client: AsyncClient, account: Account) -> Account:
     response = await token_request(client, account.email, account.password)
     assert response.status_code == 200, response.text
     account.tokens = response.json()
     return account
 
 
-async def signed_up(client: AsyncTestClient[Any]) -> Account:
+async def signed_up(client: AsyncClient) -> Account:
     return await login(client, await register(client))
 
 
-async def token_request(client: AsyncTestClient[Any], username: str, password: str) -> Response:
+async def token_request(client: AsyncClient, username: str, password: str) -> Response:
     return await client.post("/token", data={"username": username, "password": password})
+
+
+def order_body(*prices: str, quantity: int = 1) -> dict[str, Any]:
+    return {
+        "items": [
+            {"name": f"item {n}", "quantity": quantity, "price": price} for n, price in enumerate(prices)
+        ]
+    }
+
+
+async def place_order(client: AsyncClient, account: Account, *prices: str) -> dict[str, Any]:
+    response = await client.post("/orders", json=order_body(*(prices or ("10.00",))), headers=account.headers)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
 
 
 def free_port() -> int:

@@ -33,6 +33,10 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
 
+    def may_access(self, owner_id: UUID) -> bool:
+        """Users reach their own resources; admins reach everyone's."""
+        return owner_id == self.user_id or self.is_admin
+
 
 def bearer_auth(
     codec: TokenCodec, revoked: RevokedSessions, db_config: SQLAlchemyAsyncConfig

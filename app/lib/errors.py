@@ -20,7 +20,8 @@ from litestar.plugins.problem_details import (
 
 log = structlog.get_logger(__name__)
 
-_FIELD_IN_MESSAGE = re.compile(r"(?:missing required|unknown) field `(?P<field>[^`]+)`")
+# msgspec names a missing or unknown field in its message; our own checks start theirs with the field.
+_FIELD_IN_MESSAGE = re.compile(r"(?:(?:missing required|unknown) field |^)`(?P<field>[^`]+)`")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -119,8 +120,8 @@ def _from_validation_exception(exc: ValidationException) -> ProblemDetailsExcept
 
 
 def _failing_field(error: dict[str, Any]) -> str:
-    """Litestar names the parameter (``data`` for the body); msgspec names a missing or unknown field only in
-    its message. Report the field itself: ``password``, or ``items[0].price`` inside a nested object."""
+    """Litestar names the parameter or the object (``data`` for the body), the field is often only in the
+    message. Report the field itself: ``password``, or ``items[0].price`` inside a nested object."""
     key = error.get("key") or error.get("source") or "body"
     if match := _FIELD_IN_MESSAGE.search(str(error.get("message", ""))):
         return match["field"] if key == "data" else f"{key}.{match['field']}"

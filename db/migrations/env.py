@@ -10,7 +10,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import app.accounts.models  # noqa: F401 - registers the tables on the metadata
+import app.accounts.models
+import app.orders.models  # noqa: F401 - importing the models registers their tables
 from app.config import Settings
 
 config = context.config

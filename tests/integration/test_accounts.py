@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 import pytest
-from litestar.testing import AsyncTestClient
+from httpx import AsyncClient
 
 from app.config import Settings
 from tests.support import PASSWORD, bearer, login, new_email, register, signed_up, token_request
 
-Client = AsyncTestClient[Any]
+Client = AsyncClient
 
 
 async def test_register_returns_the_account_without_secrets(client: Client) -> None:

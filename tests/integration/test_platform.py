@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
+from httpx import AsyncClient
 
 from app.config import Settings
 from tests.support import PASSWORD, UNREACHABLE_REDIS_URL, register, same_stores, serving, signed_up
 
-Client = AsyncTestClient[Any]
+Client = AsyncClient
 ORIGIN = "https://shop.example.com"
 
 

@@ -23,7 +23,7 @@ def clean_env(**values: str) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **values}
 
 
-async def test_embedded_default_runs_the_account_flow_with_no_services(
+async def test_embedded_default_runs_accounts_and_orders_with_no_services(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     subprocess.run(
@@ -44,6 +44,13 @@ async def test_embedded_default_runs_the_account_flow_with_no_services(
         tokens = (await client.post("/token", data={"username": email, "password": PASSWORD})).json()
         headers = {"Authorization": f"Bearer {tokens['access_token']}"}
         assert (await client.get("/users/me", headers=headers)).json()["email"] == email
+        order = await client.post(
+            "/orders", json={"items": [{"name": "tea", "quantity": 2, "price": "3.10"}]}, headers=headers
+        )
+        assert order.json()["total_price"] == "6.20"
+        path = f"/orders/{order.json()['id']}"
+        assert (await client.patch(path, json={"status": "PAID"}, headers=headers)).status_code == 200
+        assert (await client.get(path, headers=headers)).json()["status"] == "PAID"  # the in-memory cache
         assert (await client.post("/logout", headers=headers)).status_code == 204
         assert (await client.get("/users/me", headers=headers)).status_code == 401
         ready = (await client.get("/health/ready")).json()
@@ -88,7 +95,16 @@ def granian(database_url: str) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def test_granian_with_two_workers_shares_logout_and_limits(granian: str) -> None:
+def http_order(base_url: str, headers: dict[str, str]) -> str:
+    with httpx.Client(base_url=base_url, timeout=10) as http:
+        response = http.post(
+            "/orders", json={"items": [{"name": "tea", "quantity": 1, "price": "2.00"}]}, headers=headers
+        )
+    assert response.status_code == 201
+    return str(response.json()["id"])
+
+
+def test_granian_with_two_workers_shares_cache_logout_and_limits(granian: str) -> None:
     email = new_email()
 
     def fresh_connection() -> httpx.Client:  # a new connection may land on either worker
@@ -101,6 +117,13 @@ def test_granian_with_two_workers_shares_logout_and_limits(granian: str) -> None
     for _ in range(6):
         with fresh_connection() as http:
             assert http.get("/users/me", headers=headers).status_code == 200
+
+    order = http_order(granian, headers)
+    with fresh_connection() as http:
+        assert http.patch(f"/orders/{order}", json={"status": "PAID"}, headers=headers).status_code == 200
+    for _ in range(6):  # whichever worker answers, its cache was refreshed by the write
+        with fresh_connection() as http:
+            assert http.get(f"/orders/{order}", headers=headers).json()["status"] == "PAID"
 
     with fresh_connection() as http:
         assert http.post("/logout", headers=headers).status_code == 204
@@ -147,3 +170,15 @@ async def test_admins_are_created_by_the_cli(database_url: str, settings: Settin
         tokens = (await client.post("/token", data={"username": email, "password": PASSWORD})).json()
         me = await client.get("/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert me.json()["role"] == "admin"
+
+
+def test_the_models_and_the_migrations_agree(database_url: str) -> None:
+    checked = subprocess.run(
+        [BIN / "alembic", "check"],
+        cwd=ROOT,
+        env=clean_env(DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

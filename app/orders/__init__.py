@@ -1,0 +1,1 @@
+"""Orders: what users buy, its status machine, idempotent creation and the read cache."""

@@ -1,0 +1,88 @@
+"""The order read cache: one key per order, in Redis (or memory on the embedded default).
+
+Writes go through ``put`` after their transaction commits and carry the order's version, so an older
+version never replaces a newer one, whoever writes last. Concurrent misses of one order in a process wait
+for a single database read. Any cache failure is logged and the caller carries on with the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from uuid import UUID
+
+import msgspec
+import structlog
+from redis.exceptions import RedisError
+
+from app.lib.stores import AtomicStore
+from app.orders.models import Order
+from app.orders.schemas import OrderRead
+
+log = structlog.get_logger(__name__)
+
+_decoder = msgspec.json.Decoder(OrderRead)
+_encoder = msgspec.json.Encoder()
+
+
+def to_read(order: Order) -> OrderRead:
+    return msgspec.convert(order, OrderRead, from_attributes=True)
+
+
+class OrderCache:
+    def __init__(self, store: AtomicStore, ttl_seconds: int) -> None:
+        self.store = store
+        self.ttl_seconds = ttl_seconds
+        self._loading: dict[UUID, asyncio.Future[OrderRead | None]] = {}
+
+    async def get(self, order_id: UUID) -> OrderRead | None:
+        try:
+            cached = await self.store.get_versioned(str(order_id))
+        except RedisError as exc:
+            log.warning("order cache unreachable, reading the database", error=str(exc))
+            return None
+        return _decoder.decode(cached.value) if cached else None
+
+    async def put(self, order: Order) -> OrderRead:
+        """Cache the committed ``order`` (unless a newer version is there already) and return its schema."""
+        read = to_read(order)
+        try:
+            await self.store.put_if_newer(
+                str(order.id), order.version, _encoder.encode(read), self.ttl_seconds
+            )
+        except RedisError as exc:
+            log.warning(
+                "order cache unreachable, entry not refreshed", order_id=str(order.id), error=str(exc)
+            )
+        return read
+
+    async def get_or_load(
+        self, order_id: UUID, load: Callable[[], Awaitable[Order | None]]
+    ) -> OrderRead | None:
+        """The cached order, or the one ``load`` reads: once for all concurrent callers in this process."""
+        if (cached := await self.get(order_id)) is not None:
+            return cached
+        if (pending := self._loading.get(order_id)) is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.get_running_loop().create_future()
+        pending.add_done_callback(_consume_outcome)
+        self._loading[order_id] = pending
+        try:
+            order = await load()
+            read = await self.put(order) if order is not None else None
+        except Exception as exc:
+            pending.set_exception(exc)
+            raise
+        except BaseException:  # cancelled: the callers waiting on this load are cancelled too
+            pending.cancel()
+            raise
+        finally:
+            del self._loading[order_id]
+        pending.set_result(read)
+        return read
+
+
+def _consume_outcome(future: asyncio.Future[OrderRead | None]) -> None:
+    """Mark a failed load's exception as seen when no one else was waiting for it."""
+    if not future.cancelled():
+        future.exception()

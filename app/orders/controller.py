@@ -1,0 +1,143 @@
+"""The orders API. Every operation needs a Bearer token; users reach their own orders, admins everyone's."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from advanced_alchemy.extensions.litestar.providers import create_service_provider
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.datastructures import ResponseHeader
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED
+
+from app.accounts.auth import BEARER_REQUIRED, Principal
+from app.lib.errors import ForbiddenError, problem_responses
+from app.lib.security import SessionToken
+from app.orders.cache import OrderCache
+from app.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
+from app.orders.services import OrderService
+
+AuthRequest = Request[Principal, SessionToken, Any]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Makes retries safe: the same key from the same user within 24 h returns its order.",
+    ),
+]
+Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Page size (at most 100).")]
+Offset = Annotated[int, QueryParameter(ge=0, description="Orders to skip.")]
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+TOTAL_COUNT_HEADER = "X-Total-Count"
+PAGE_HEADERS = [
+    ResponseHeader(name=TOTAL_COUNT_HEADER, description="Orders in all pages.", documentation_only=True)
+]
+
+
+class OrderController(Controller):
+    path = "/orders"
+    tags = ["orders"]
+    security = BEARER_REQUIRED
+    dependencies = {"orders": Provide(create_service_provider(OrderService))}
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Place an order",
+        description="The server computes `total_price`; a `total_price` sent along must match it.",
+        response_headers=[
+            ResponseHeader(
+                name=REPLAYED_HEADER,
+                description="`true` when the Idempotency-Key was seen before and this is its first order.",
+                documentation_only=True,
+            )
+        ],
+        responses=problem_responses(401, 422, 429),
+    )
+    async def place(
+        self,
+        request: AuthRequest,
+        data: JSONBody[OrderCreate],
+        orders: NamedDependency[OrderService],
+        order_cache: NamedDependency[OrderCache],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[OrderRead]:
+        order, replayed = await orders.place(request.user.user_id, data, idempotency_key, order_cache)
+        return Response(
+            order, status_code=HTTP_201_CREATED, headers={REPLAYED_HEADER: "true"} if replayed else None
+        )
+
+    @get(
+        "/",
+        summary="The caller's orders, newest first",
+        response_headers=PAGE_HEADERS,
+        responses=problem_responses(401, 422),
+    )
+    async def list_own(
+        self,
+        request: AuthRequest,
+        orders: NamedDependency[OrderService],
+        limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> Response[list[OrderRead]]:
+        return await _page(orders, request.user.user_id, limit, offset)
+
+    @get(
+        "/user/{user_id:str}",
+        summary="A user's orders, newest first",
+        description="Users may list their own orders only (403 otherwise); admins anyone's.",
+        response_headers=PAGE_HEADERS,
+        responses=problem_responses(401, 403, 422),
+    )
+    async def list_for_user(
+        self,
+        request: AuthRequest,
+        user_id: FromPath[UUID],
+        orders: NamedDependency[OrderService],
+        limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> Response[list[OrderRead]]:
+        if not request.user.may_access(user_id):
+            raise ForbiddenError("You may list your own orders only")
+        return await _page(orders, user_id, limit, offset)
+
+    @get(
+        "/{order_id:str}",
+        summary="An order",
+        description="Another user's order answers 404, like an unknown one.",
+        responses=problem_responses(401, 404, 422),
+    )
+    async def read(
+        self,
+        request: AuthRequest,
+        order_id: FromPath[UUID],
+        orders: NamedDependency[OrderService],
+        order_cache: NamedDependency[OrderCache],
+    ) -> OrderRead:
+        return await orders.read(request.user, order_id, order_cache)
+
+    @patch(
+        "/{order_id:str}",
+        summary="Move an order to another status",
+        description="PENDING → PAID → SHIPPED; PENDING or PAID → CANCELED. Other moves answer 409.",
+        responses=problem_responses(401, 404, 409, 422),
+    )
+    async def change_status(
+        self,
+        request: AuthRequest,
+        order_id: FromPath[UUID],
+        data: JSONBody[OrderStatusUpdate],
+        orders: NamedDependency[OrderService],
+        order_cache: NamedDependency[OrderCache],
+    ) -> OrderRead:
+        return await orders.change_status(request.user, order_id, data.status, order_cache)
+
+
+async def _page(orders: OrderService, user_id: UUID, limit: int, offset: int) -> Response[list[OrderRead]]:
+    page, total = await orders.page(user_id, limit, offset)
+    return Response(page, headers={TOTAL_COUNT_HEADER: str(total)})

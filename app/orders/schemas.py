@@ -1,0 +1,82 @@
+"""What the orders API reads and writes. Money is a Decimal, and a string with two decimals in JSON."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+
+from app.orders.models import OrderStatus
+
+CENT = Decimal("0.01")
+MAX_PRICE = Decimal("1000000.00")
+MAX_QUANTITY = 10_000
+
+Money = Annotated[
+    Decimal,
+    msgspec.Meta(
+        description="An amount of money: a string with at most two decimals (numbers are accepted on input).",
+        examples=["19.99"],
+        extra_json_schema={"extra": {"pattern": r"^\d+(\.\d{1,2})?$"}},
+    ),
+]
+
+
+def money(value: Decimal, field: str) -> Decimal:
+    """``value`` with exactly two decimals, or a ValueError naming ``field`` (msgspec turns it into a 422)."""
+    if not value.is_finite() or value <= 0:
+        raise ValueError(f"`{field}` must be a number greater than 0")
+    if value > MAX_PRICE * MAX_QUANTITY * 100:
+        raise ValueError(f"`{field}` is too large")
+    if value != value.quantize(CENT):
+        raise ValueError(f"`{field}` must have at most 2 decimal places")
+    return value.quantize(CENT)
+
+
+class OrderItem(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["Espresso beans, 1 kg"])]
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
+    price: Money
+
+    def __post_init__(self) -> None:
+        self.price = money(self.price, "price")
+        if self.price > MAX_PRICE:
+            raise ValueError(f"`price` must be at most {MAX_PRICE}")
+
+
+class OrderCreate(msgspec.Struct, forbid_unknown_fields=True):
+    items: Annotated[list[OrderItem], msgspec.Meta(min_length=1, max_length=100)]
+    total_price: Annotated[
+        Money | None, msgspec.Meta(description="Optional; if sent, it must equal the total.")
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.total_price is not None and money(self.total_price, "total_price") != self.total:
+            raise ValueError(f"`total_price` {self.total_price} does not match the items' total {self.total}")
+
+    @property
+    def total(self) -> Decimal:
+        return sum((item.price * item.quantity for item in self.items), Decimal("0.00"))
+
+    def fingerprint(self) -> str:
+        """Identifies the request's content, to tell a retry from a different order under the same key."""
+        return hashlib.sha256(msgspec.json.encode(self.items)).hexdigest()
+
+
+class OrderStatusUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    status: OrderStatus
+
+
+class OrderRead(msgspec.Struct):
+    id: UUID
+    user_id: UUID
+    items: list[OrderItem]
+    total_price: Money
+    status: OrderStatus
+    created_at: datetime
+    updated_at: datetime
+    processed_at: datetime | None

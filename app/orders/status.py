@@ -1,0 +1,23 @@
+"""The order status machine.
+
+PENDING → PAID → SHIPPED; PENDING or PAID → CANCELED; SHIPPED and CANCELED are final.
+"""
+
+from __future__ import annotations
+
+from app.lib.errors import ConflictError
+from app.orders.models import OrderStatus
+
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.PAID, OrderStatus.CANCELED}),
+    OrderStatus.PAID: frozenset({OrderStatus.SHIPPED, OrderStatus.CANCELED}),
+    OrderStatus.SHIPPED: frozenset(),
+    OrderStatus.CANCELED: frozenset(),
+}
+
+
+def check_transition(current: OrderStatus, target: OrderStatus) -> None:
+    """Raise a 409 naming the current status unless the machine allows ``current`` → ``target``."""
+    if target not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "none, it is final"
+        raise ConflictError(f"The order is {current}: it can't become {target} (allowed: {allowed})")

@@ -1,0 +1,165 @@
+"""The order cache: reads come from Redis, writes refresh it, and Redis trouble never fails a request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from app.config import Settings
+from tests.support import REDIS_URL, UNREACHABLE_REDIS_URL, place_order, same_stores, serving, signed_up
+
+
+async def change_behind_the_service(database_url: str, statement: str, *args: Any) -> None:
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        await connection.execute(statement, *args)
+    finally:
+        await connection.close()
+
+
+def cache_key(settings: Settings, order_id: str) -> str:
+    return f"{settings.redis_key_prefix}:order_cache:{order_id}"
+
+
+async def test_reads_are_served_from_the_cache_until_a_write_refreshes_it(settings: Settings) -> None:
+    async with serving(settings) as client:
+        alice = await signed_up(client)
+        order = await place_order(client, alice, "10.00")
+        path = f"/orders/{order['id']}"
+
+        await change_behind_the_service(
+            settings.database_url, "UPDATE orders SET total_price = 999.99 WHERE id = $1", order["id"]
+        )
+        cached = (await client.get(path, headers=alice.headers)).json()
+        patched = (await client.patch(path, json={"status": "PAID"}, headers=alice.headers)).json()
+        refreshed = (await client.get(path, headers=alice.headers)).json()
+
+    assert cached["total_price"] == "10.00"  # the row changed, the cache answered
+    assert patched["total_price"] == refreshed["total_price"] == "999.99"
+    assert refreshed["status"] == "PAID"
+
+
+async def test_a_read_right_after_a_write_in_another_process_sees_the_write(settings: Settings) -> None:
+    async with serving(settings) as first, serving(same_stores(settings)) as second:
+        alice = await signed_up(first)
+        order = await place_order(first, alice)
+        path = f"/orders/{order['id']}"
+        assert (await first.get(path, headers=alice.headers)).json()["status"] == "PENDING"
+
+        await second.patch(path, json={"status": "PAID"}, headers=alice.headers)
+
+        assert (await first.get(path, headers=alice.headers)).json()["status"] == "PAID"
+
+
+async def test_entries_expire_after_the_cache_ttl(settings: Settings) -> None:
+    async with serving(same_stores(settings, cache_ttl_seconds=120)) as client:
+        alice = await signed_up(client)
+        order = await place_order(client, alice)
+
+    client_redis = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        ttl = await client_redis.ttl(cache_key(settings, order["id"]))
+    finally:
+        await client_redis.aclose()
+    assert 110 <= ttl <= 120
+
+
+async def test_a_miss_fills_the_cache(settings: Settings) -> None:
+    async with serving(settings) as client:
+        alice = await signed_up(client)
+        order = await place_order(client, alice, "10.00")
+        client_redis = redis.asyncio.Redis.from_url(REDIS_URL)
+        try:
+            await client_redis.delete(cache_key(settings, order["id"]))
+            assert (await client.get(f"/orders/{order['id']}", headers=alice.headers)).status_code == 200
+            assert await client_redis.exists(cache_key(settings, order["id"]))
+        finally:
+            await client_redis.aclose()
+
+
+@pytest.fixture
+def order_reads() -> Iterator[list[str]]:
+    """Every SELECT on the orders table, as the database driver receives it."""
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM orders" in statement:
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    yield statements
+    event.remove(Engine, "before_cursor_execute", record)
+
+
+async def test_concurrent_misses_of_one_order_read_the_database_once(
+    settings: Settings, order_reads: list[str]
+) -> None:
+    async with serving(settings) as client:
+        alice = await signed_up(client)
+        order = await place_order(client, alice)
+        client_redis = redis.asyncio.Redis.from_url(REDIS_URL)
+        try:
+            await client_redis.delete(cache_key(settings, order["id"]))
+        finally:
+            await client_redis.aclose()
+        order_reads.clear()
+
+        # Hold every read of the orders table until all 20 requests have missed the cache and wait on it.
+        blocker = await asyncpg.connect(settings.database_url.replace("+asyncpg", ""))
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+                reads = asyncio.gather(
+                    *(client.get(f"/orders/{order['id']}", headers=alice.headers) for _ in range(20))
+                )
+                await asyncio.sleep(0.5)
+            answers = await reads
+        finally:
+            await blocker.close()
+
+    assert {response.status_code for response in answers} == {200}
+    assert len(order_reads) == 1
+
+
+async def test_without_redis_orders_work_from_the_database(settings: Settings) -> None:
+    async with serving(same_stores(settings, redis_url=UNREACHABLE_REDIS_URL)) as client:
+        await assert_order_flow_works(client)
+
+
+@pytest.fixture
+async def silent_redis() -> AsyncIterator[str]:
+    """A server that accepts connections and never answers: Redis hung or a network black hole."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+async def test_a_redis_that_does_not_answer_costs_time_not_errors(
+    settings: Settings, silent_redis: str
+) -> None:
+    async with serving(same_stores(settings, redis_url=silent_redis, redis_timeout_seconds=0.05)) as client:
+        await assert_order_flow_works(client)
+
+
+async def assert_order_flow_works(client: Any) -> None:
+    alice = await signed_up(client)
+    order = await place_order(client, alice, "2.50")
+    path = f"/orders/{order['id']}"
+    assert (await client.get(path, headers=alice.headers)).status_code == 200
+    patched = await client.patch(path, json={"status": "PAID"}, headers=alice.headers)
+    assert patched.status_code == 200
+    assert (await client.get(path, headers=alice.headers)).json()["status"] == "PAID"
+    assert (await client.get("/orders", headers=alice.headers)).status_code == 200
