@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from tests.conftest import forget_redis_keys
 from tests.support import AMQP_URL, JWT_SECRET, PASSWORD, REDIS_URL, ROOT, free_port, new_email, serving
 
 BIN = Path(sys.executable).parent
@@ -64,11 +65,12 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
 def granian(database_url: str) -> Iterator[str]:
     """`just serve`'s command line: granian, production settings, two workers."""
     port = free_port()
+    prefix = f"test-granian-{port}"
     env = clean_env(
         APP_ENV="production",
         DATABASE_URL=database_url,
         REDIS_URL=REDIS_URL,
-        REDIS_KEY_PREFIX=f"test-granian-{port}",
+        REDIS_KEY_PREFIX=prefix,
         AMQP_URL=AMQP_URL,
         JWT_SECRET=JWT_SECRET,
         AUTH_RATE_LIMIT="6/minute",
@@ -93,6 +95,7 @@ def granian(database_url: str) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        forget_redis_keys(prefix)
 
 
 def http_order(base_url: str, headers: dict[str, str]) -> str:
