@@ -83,10 +83,13 @@ class AtomicRedisStore(RedisStore):
 
 
 class AtomicMemoryStore(MemoryStore):
+    PRUNE_AT = 10_000  # entries; past it expired ones are dropped (MemoryStore drops them only when read)
+
     __slots__ = ()
 
     async def hit(self, key: str, window_seconds: int) -> Window:
         async with self._lock:
+            self._prune()
             current = self._live(key)
             if current is None:
                 current = StorageObject(
@@ -101,12 +104,17 @@ class AtomicMemoryStore(MemoryStore):
 
     async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool:
         async with self._lock:
+            self._prune()
             current = self._live(key)
             stored = _split(current.data) if current else None
             if stored is not None and stored.version >= version:
                 return False
             self._store[key] = StorageObject.new(data=_join(version, value), expires_in=expires_in)
             return True
+
+    def _prune(self) -> None:
+        if len(self._store) >= self.PRUNE_AT:
+            self._store = {key: stored for key, stored in self._store.items() if not stored.expired}
 
     def _live(self, key: str) -> StorageObject | None:
         stored = self._store.get(key)

@@ -63,3 +63,15 @@ async def test_a_newer_version_replaces_an_older_one_and_never_the_reverse(store
 async def test_values_containing_the_separator_survive(store: AtomicStore) -> None:
     await store.put_if_newer("order", 7, b'{"name":"a|b|c"}', 60)
     assert await store.get_versioned("order") == (7, b'{"name":"a|b|c"}')
+
+
+async def test_memory_store_drops_expired_entries_as_it_grows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(AtomicMemoryStore, "PRUNE_AT", 10)
+    store = AtomicMemoryStore()
+    for client in range(10):
+        await store.hit(f"client-{client}", 1)
+    await asyncio.sleep(1.1)
+
+    await store.hit("one more", 60)
+
+    assert list(store._store) == ["one more"]  # nothing read the expired keys: only pruning removed them
