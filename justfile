@@ -25,21 +25,33 @@ dev: migrate
 serve:
     APP_ENV=production uv run granian --interface asgi --host 0.0.0.0 --port ${PORT:-8000} --workers ${WORKERS:-2} --workers-kill-timeout 30 app.asgi:app
 
+# Consume new_order events and dispatch them to the Celery worker.
+consumer:
+    uv run python -m app.consumer
+
+# Run the Celery worker that processes orders ($WORKER_CONCURRENCY processes, default: one per CPU).
+worker:
+    uv run celery -A app.worker worker --loglevel INFO ${WORKER_CONCURRENCY:+--concurrency $WORKER_CONCURRENCY}
+
+# Watch the worker with Flower on http://127.0.0.1:5555.
+flower:
+    uv run celery -A app.worker flower --address=127.0.0.1 --port=5555
+
 # Create an admin account (password prompted, or taken from $ADMIN_PASSWORD).
 create-admin email:
     uv run litestar users create-admin {{email}}
 
-# Run the whole test suite (needs PostgreSQL and Redis; see README).
+# Run the whole test suite (needs PostgreSQL, Redis and RabbitMQ; see README).
 test *args:
     uv run pytest {{args}}
 
 # Lint and type-check.
 lint:
-    uv run ruff check app tests db
-    uv run ruff format --check app tests db
+    uv run ruff check app tests db bench
+    uv run ruff format --check app tests db bench
     uv run mypy
 
 # Format the code and apply safe lint fixes.
 fmt:
-    uv run ruff format app tests db
-    uv run ruff check --fix app tests db
+    uv run ruff format app tests db bench
+    uv run ruff check --fix app tests db bench

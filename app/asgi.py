@@ -21,16 +21,20 @@ from app.accounts.cli import AccountsCLIPlugin
 from app.accounts.controller import AccountController
 from app.accounts.revocations import RevokedSessions
 from app.config import Settings, SettingsError
+from app.lib.broker import AmqpPublisher, Topology
 from app.lib.db import sqlalchemy_config
 from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController
 from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
+from app.lib.outbox import InProcessBus, Outbox, Publisher
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
 from app.lib.security import PasswordHasher, TokenCodec
 from app.lib.stores import AtomicStore, create_stores
-from app.orders.cache import OrderCache
+from app.orders.cache import ORDER_CACHE_STORE, OrderCache
 from app.orders.controller import OrderController
+from app.orders.events import NEW_ORDER
+from app.orders.processing import in_process_handler
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -52,7 +56,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     auth = bearer_auth(tokens, revoked, db)
     client_address = ClientAddress.trusting(settings.trusted_proxies)
     stores = create_stores(redis, settings.redis_key_prefix)
-    order_cache = OrderCache(cast("AtomicStore", stores.get("order_cache")), settings.cache_ttl_seconds)
+    order_cache = OrderCache(cast("AtomicStore", stores.get(ORDER_CACHE_STORE)), settings.cache_ttl_seconds)
+    publisher: Publisher = (
+        AmqpPublisher(settings.amqp_url, Topology(settings.events_exchange, NEW_ORDER))
+        if settings.amqp_url
+        else InProcessBus(in_process_handler(db, order_cache))
+    )
+    outbox = Outbox(db, publisher, settings.outbox_relay_interval_seconds)
 
     app = Litestar(
         route_handlers=[AccountController, OrderController, HealthController, docs],
@@ -63,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "tokens": _singleton(tokens),
             "revoked": _singleton(revoked),
             "order_cache": _singleton(order_cache),
+            "outbox": _singleton(outbox),
         },
         plugins=[SQLAlchemyPlugin(config=db), problem_details_plugin(), AccountsCLIPlugin()],
         # Rate limits come before authentication, so floods of bad tokens are limited too.
@@ -80,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             auth.middleware,
         ],
         stores=stores,
+        lifespan=[outbox.running()],
         cors_config=_cors(settings),
         openapi_config=_openapi(auth.openapi_components),
         on_shutdown=[redis.aclose] if redis is not None else [],

@@ -46,7 +46,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_key_prefix: str = "orders"
     redis_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 0.25
     amqp_url: str = ""
+    events_exchange: str = "orders"
+    consumer_prefetch: PositiveInt = 64
+    outbox_relay_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     celery_broker_url: str = ""
+    celery_queue: str = "orders.process_order"
     jwt_secret: str = DEVELOPMENT_JWT_SECRET
     jwt_issuer: str = "orders"
     jwt_audience: str = "orders-api"
@@ -77,6 +81,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
+
+    @property
+    def celery_broker(self) -> str:
+        """The Celery broker: CELERY_BROKER_URL, or the event broker when it is not set."""
+        return self.celery_broker_url or self.amqp_url
 
     @property
     def log_as_json(self) -> bool:

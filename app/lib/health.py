@@ -84,7 +84,7 @@ async def _check(probe: Callable[[], Awaitable[object]]) -> Dependency:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             await probe()
-    except Exception as exc:
+    except Exception as exc:  # any failure means not ready; only its type is shown
         return Dependency(status="failing", detail=type(exc).__name__)
     return Dependency(status="ok", latency_ms=round((time.perf_counter() - started) * 1000, 2))
 

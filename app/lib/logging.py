@@ -98,6 +98,12 @@ class RequestContextMiddleware:
                 )
 
 
+def current_request_id() -> str | None:
+    """The id of the request (or event) being handled, to pass on to the work it causes."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    return str(request_id) if request_id else None
+
+
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":

@@ -21,6 +21,9 @@ from app.orders.schemas import OrderRead
 
 log = structlog.get_logger(__name__)
 
+ORDER_CACHE_STORE = "order_cache"
+"""The name of the cache's store: its Redis keys are ``<REDIS_KEY_PREFIX>:order_cache:<order id>``."""
+
 _decoder = msgspec.json.Decoder(OrderRead)
 _encoder = msgspec.json.Encoder()
 

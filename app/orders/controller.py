@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
@@ -15,9 +14,8 @@ from litestar.status_codes import HTTP_201_CREATED
 from app.accounts.auth import BEARER_REQUIRED, Principal
 from app.lib.errors import ForbiddenError, problem_responses
 from app.lib.security import SessionToken
-from app.orders.cache import OrderCache
 from app.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
-from app.orders.services import OrderService
+from app.orders.services import OrderService, provide_orders
 
 AuthRequest = Request[Principal, SessionToken, Any]
 IdempotencyKey = Annotated[
@@ -43,7 +41,7 @@ class OrderController(Controller):
     path = "/orders"
     tags = ["orders"]
     security = BEARER_REQUIRED
-    dependencies = {"orders": Provide(create_service_provider(OrderService))}
+    dependencies = {"orders": Provide(provide_orders)}
 
     @post(
         "/",
@@ -64,10 +62,9 @@ class OrderController(Controller):
         request: AuthRequest,
         data: JSONBody[OrderCreate],
         orders: NamedDependency[OrderService],
-        order_cache: NamedDependency[OrderCache],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[OrderRead]:
-        order, replayed = await orders.place(request.user.user_id, data, idempotency_key, order_cache)
+        order, replayed = await orders.place(request.user.user_id, data, idempotency_key)
         return Response(
             order, status_code=HTTP_201_CREATED, headers={REPLAYED_HEADER: "true"} if replayed else None
         )
@@ -117,9 +114,8 @@ class OrderController(Controller):
         request: AuthRequest,
         order_id: FromPath[UUID],
         orders: NamedDependency[OrderService],
-        order_cache: NamedDependency[OrderCache],
     ) -> OrderRead:
-        return await orders.read(request.user, order_id, order_cache)
+        return await orders.read(request.user, order_id)
 
     @patch(
         "/{order_id:str}",
@@ -133,9 +129,8 @@ class OrderController(Controller):
         order_id: FromPath[UUID],
         data: JSONBody[OrderStatusUpdate],
         orders: NamedDependency[OrderService],
-        order_cache: NamedDependency[OrderCache],
     ) -> OrderRead:
-        return await orders.change_status(request.user, order_id, data.status, order_cache)
+        return await orders.change_status(request.user, order_id, data.status)
 
 
 async def _page(orders: OrderService, user_id: UUID, limit: int, offset: int) -> Response[list[OrderRead]]:

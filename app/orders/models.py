@@ -11,6 +11,8 @@ from advanced_alchemy.types import GUID, DateTimeUTC, JsonB
 from sqlalchemy import Enum, ForeignKey, Index, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.accounts.models import User
+
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
@@ -27,7 +29,7 @@ class Order(UUIDv7AuditBase):
     __tablename__ = "orders"
     __table_args__ = (Index("ix_orders_user_created", "user_id", "created_at", "id"),)  # a user's pages
 
-    user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="RESTRICT"))
+    user_id: Mapped[UUID] = mapped_column(ForeignKey(User.id, ondelete="RESTRICT"))
     items: Mapped[list[dict[str, Any]]] = mapped_column(JsonB)
     total_price: Mapped[Decimal] = mapped_column(Numeric(16, 2))
     status: Mapped[OrderStatus] = mapped_column(
@@ -52,9 +54,7 @@ class OrderIdempotencyKey(DefaultBase):
 
     __tablename__ = "order_idempotency_key"
 
-    user_id: Mapped[UUID] = mapped_column(
-        GUID, ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
-    )
+    user_id: Mapped[UUID] = mapped_column(GUID, ForeignKey(User.id, ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[UUID] = mapped_column(GUID, ForeignKey("orders.id", ondelete="CASCADE"))

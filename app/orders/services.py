@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import msgspec
 import sqlalchemy.exc
 from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from litestar.di import NamedDependency
+from litestar.params import SkipValidation
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.auth import Principal
 from app.lib.errors import NotFoundError, UnprocessableError
+from app.lib.logging import current_request_id
+from app.lib.outbox import Outbox
 from app.orders.cache import OrderCache, to_read
+from app.orders.events import new_order_message
 from app.orders.models import Order, OrderIdempotencyKey, OrderStatus
 from app.orders.repositories import IdempotencyKeyRepository, OrderRepository
 from app.orders.schemas import OrderCreate, OrderRead
@@ -24,10 +31,18 @@ NOT_FOUND = "No such order"
 class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
     repository_type = OrderRepository
 
+    def __init__(self, session: AsyncSession, *, cache: OrderCache, outbox: Outbox, **kwargs: Any) -> None:
+        super().__init__(session=session, **kwargs)
+        self.cache = cache
+        self.outbox = outbox
+
     async def place(
-        self, user_id: UUID, data: OrderCreate, idempotency_key: str | None, cache: OrderCache
+        self, user_id: UUID, data: OrderCreate, idempotency_key: str | None
     ) -> tuple[OrderRead, bool]:
-        """Create the order; for a key already used in the last 24 h, return that key's order (and True)."""
+        """Create the order and its ``new_order`` event in one transaction, then publish the event.
+
+        For a key already used in the last 24 h, create nothing and return that key's order (and True).
+        """
         session = self.repository.session
         keys = IdempotencyKeyRepository(session=session)
         fingerprint = data.fingerprint()
@@ -40,6 +55,8 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
         order = await self.repository.add(
             Order(user_id=user_id, items=msgspec.to_builtins(data.items), total_price=data.total)
         )
+        event = new_order_message(order, current_request_id())
+        session.add(event)
         if idempotency_key is not None:
             if remembered is None:
                 remembered = OrderIdempotencyKey(user_id=user_id, key=idempotency_key)
@@ -52,29 +69,28 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
                 await session.flush()
             except sqlalchemy.exc.IntegrityError:  # a concurrent request with this key committed first
                 await session.rollback()
-                return await self._replay(
-                    await keys.get_one(user_id=user_id, key=idempotency_key), fingerprint
-                ), True
+                first = await keys.get_one(user_id=user_id, key=idempotency_key)
+                return await self._replay(first, fingerprint), True
         await session.commit()
-        return await cache.put(order), False
+        placed = await self.cache.put(order)
+        await self.outbox.publish_committed(session, event)
+        return placed, False
 
-    async def read(self, principal: Principal, order_id: UUID, cache: OrderCache) -> OrderRead:
+    async def read(self, principal: Principal, order_id: UUID) -> OrderRead:
         """The order if the caller may see it; another user's order is as absent as an unknown one."""
-        order = await cache.get_or_load(order_id, lambda: self.get_one_or_none(id=order_id))
+        order = await self.cache.get_or_load(order_id, lambda: self.get_one_or_none(id=order_id))
         if order is None or not principal.may_access(order.user_id):
             raise NotFoundError(NOT_FOUND)
         return order
 
-    async def change_status(
-        self, principal: Principal, order_id: UUID, status: OrderStatus, cache: OrderCache
-    ) -> OrderRead:
+    async def change_status(self, principal: Principal, order_id: UUID, status: OrderStatus) -> OrderRead:
         order = await self.get_one_or_none(id=order_id, with_for_update=True)
         if order is None or not principal.may_access(order.user_id):
             raise NotFoundError(NOT_FOUND)
         check_transition(order.status, status)
         order.status = status
         order = await self.update(order, auto_commit=True)
-        return await cache.put(order)
+        return await self.cache.put(order)
 
     async def page(self, user_id: UUID, limit: int, offset: int) -> tuple[list[OrderRead], int]:
         """One page of the user's orders, newest first, and how many there are in all."""
@@ -90,3 +106,12 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
         if remembered.fingerprint != fingerprint:
             raise UnprocessableError("This Idempotency-Key was already used with a different request body")
         return to_read(await self.get(remembered.order_id))
+
+
+async def provide_orders(
+    db_session: NamedDependency[SkipValidation[AsyncSession]],
+    order_cache: NamedDependency[SkipValidation[OrderCache]],
+    outbox: NamedDependency[SkipValidation[Outbox]],
+) -> OrderService:
+    """The request's order service: its database session, the shared cache and the outbox."""
+    return OrderService(session=db_session, cache=order_cache, outbox=outbox)

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import app.accounts.models
+import app.lib.outbox
 import app.orders.models  # noqa: F401 - importing the models registers their tables
 from app.config import Settings
 

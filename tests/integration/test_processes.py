@@ -51,7 +51,9 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
         assert order.json()["total_price"] == "6.20"
         path = f"/orders/{order.json()['id']}"
         assert (await client.patch(path, json={"status": "PAID"}, headers=headers)).status_code == 200
-        assert (await client.get(path, headers=headers)).json()["status"] == "PAID"  # the in-memory cache
+        paid = (await client.get(path, headers=headers)).json()
+        assert paid["status"] == "PAID"  # through the in-memory cache
+        assert paid["processed_at"] is not None  # processed in process: no broker, no worker
         assert (await client.post("/logout", headers=headers)).status_code == 204
         assert (await client.get("/users/me", headers=headers)).status_code == 401
         ready = (await client.get("/health/ready")).json()

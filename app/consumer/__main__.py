@@ -1,0 +1,115 @@
+"""``python -m app.consumer``: consume ``new_order`` events and dispatch ``process_order`` for each.
+
+A message is acknowledged only after the Celery broker confirmed the task. One that is not an event goes
+to the dead-letter queue at once; one whose task can't be dispatched goes back to the queue, and after
+the queue's delivery limit to the dead-letter queue too. The task id is the event id, for tracing; the
+task itself is idempotent, so an event delivered twice has one effect. SIGTERM stops the consumption,
+lets the messages in hand finish, and leaves every unacknowledged one to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import msgspec
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from celery import Celery
+
+from app.config import Settings
+from app.lib.broker import REQUEST_ID_HEADER, Topology, close, connect
+from app.lib.logging import configure_logging
+from app.orders.events import NEW_ORDER, NewOrder, decode_new_order
+from app.worker.config import PROCESS_ORDER, create_celery
+
+log = structlog.get_logger("app.consumer")
+
+
+class Consumer:
+    def __init__(self, settings: Settings, celery: Celery) -> None:
+        self.settings = settings
+        self.celery = celery
+        self.topology = Topology(settings.events_exchange, NEW_ORDER)
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        connection = await connect(self.settings.amqp_url, attempt_timeout=5.0)
+        channel = await connection.channel()
+        try:
+            await channel.set_qos(prefetch_count=self.settings.consumer_prefetch)
+            _, queue = await self.topology.declare(channel)
+            consumer_tag = await queue.consume(self.on_message)
+            log.info("consuming", queue=self.topology.queue, prefetch=self.settings.consumer_prefetch)
+            await stop.wait()
+            await queue.cancel(consumer_tag)
+            if self.in_flight:
+                log.info("finishing messages in hand", count=len(self.in_flight))
+                await asyncio.wait(self.in_flight)
+        finally:
+            await close(connection, channel)
+        log.info("consumer stopped")
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
+        try:
+            await self.handle(message)
+        finally:
+            self.in_flight.discard(task)
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        request_id = _text(message.headers.get(REQUEST_ID_HEADER))
+        with structlog.contextvars.bound_contextvars(request_id=request_id, event_id=message.message_id):
+            try:
+                event = decode_new_order(message.body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.error(
+                    "malformed event dead-lettered",
+                    error=str(exc),
+                    body=message.body[:200].decode(errors="replace"),
+                )
+                await message.reject(requeue=False)
+                return
+            try:
+                await asyncio.to_thread(self.dispatch, event, request_id)
+            except Exception as exc:  # whatever the reason, the broker keeps the event
+                log.error("task not dispatched, the event goes back to the queue", error=str(exc))
+                await message.nack(requeue=True)
+                return
+            await message.ack()
+            log.info("order dispatched", order_id=str(event.order_id))
+
+    def dispatch(self, event: NewOrder, request_id: str | None) -> None:
+        """Hand the task to the Celery broker; blocks (run it in a thread) until RabbitMQ confirmed it."""
+        self.celery.send_task(
+            PROCESS_ORDER,
+            args=[str(event.order_id)],
+            task_id=str(event.event_id),
+            headers={"request_id": request_id},
+        )
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value) if value is not None else None
+
+
+async def main() -> None:
+    settings = Settings.from_env()
+    configure_logging(level=settings.log_level, as_json=settings.log_as_json)
+    if not settings.amqp_url:
+        raise SystemExit(
+            "orders consumer: AMQP_URL is not set (without a broker, events are handled in the API)"
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await Consumer(settings, create_celery(settings)).run(stop)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

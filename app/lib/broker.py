@@ -1,0 +1,165 @@
+"""RabbitMQ through aio-pika: the topology both sides declare, and the API's publisher.
+
+aio-pika's defaults lose messages; here exchanges and queues are durable, messages persistent and
+published with confirms and ``mandatory`` routing, queues are quorum queues with a dead-letter exchange
+and a delivery limit, so a message that keeps failing ends in ``<queue>.dead`` instead of looping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
+from aio_pika.connection import make_url
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+
+from app.lib.outbox import OutboxMessage
+
+log = structlog.get_logger(__name__)
+
+DELIVERY_LIMIT = 5
+"""Deliveries of one message before RabbitMQ dead-letters it (each nack or lost consumer counts)."""
+REQUEST_ID_HEADER = "x-request-id"
+BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """One durable exchange; per topic, a queue bound by the topic and its dead-letter twin."""
+
+    exchange: str
+    topic: str
+
+    @property
+    def queue(self) -> str:
+        return f"{self.exchange}.{self.topic}"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.exchange}.dead"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.queue}.dead"
+
+    async def declare(self, channel: AbstractChannel) -> tuple[AbstractExchange, AbstractQueue]:
+        """Declare everything (idempotent: the same arguments every time, from every process)."""
+        exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        dead_letters = await channel.declare_exchange(
+            self.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        dead_queue = await channel.declare_queue(
+            self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead_queue.bind(dead_letters, routing_key=self.topic)
+        queue = await channel.declare_queue(
+            self.queue,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": self.dead_letter_exchange,
+                "x-dead-letter-routing-key": self.topic,
+                "x-delivery-limit": DELIVERY_LIMIT,
+            },
+        )
+        await queue.bind(exchange, routing_key=self.topic)
+        return exchange, queue
+
+
+def amqp_message(message: OutboxMessage) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=message.payload,
+        message_id=str(message.id),
+        type=message.topic,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=message.created_at,
+        headers={REQUEST_ID_HEADER: message.request_id} if message.request_id else {},
+    )
+
+
+class AmqpPublisher:
+    """Publishes outbox rows to RabbitMQ over one robust connection owned by the API process.
+
+    ``connect`` runs in the background until the broker answers, so the API starts and serves while
+    RabbitMQ is down; later outages are healed by the robust connection. Meanwhile ``publish`` answers
+    False at once and the rows wait in the outbox for the relay.
+    """
+
+    def __init__(self, url: str, topology: Topology, timeout: float = 2.0) -> None:
+        self.url = url
+        self.topology = topology
+        self.timeout = timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    @property
+    def ready(self) -> bool:
+        connection = self._connection
+        return (
+            self._exchange is not None
+            and connection is not None
+            and not connection.is_closed
+            and connection.connected.is_set()
+        )
+
+    async def connect(self) -> None:
+        self._connection = await connect(self.url, attempt_timeout=self.timeout)
+        try:
+            self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._exchange, _ = await self.topology.declare(self._channel)
+        except BROKER_ERRORS as exc:  # the broker refuses the topology: a configuration error, not an outage
+            log.error("event topology refused, events wait in the outbox", error=str(exc))
+            return
+        log.info("publisher connected", exchange=self.topology.exchange)
+
+    async def publish(self, message: OutboxMessage) -> bool:
+        if not self.ready or self._exchange is None:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._exchange.publish(amqp_message(message), routing_key=message.topic, mandatory=True)
+        except BROKER_ERRORS as exc:
+            log.warning(
+                "publish failed, the outbox keeps the event", event_id=str(message.id), error=str(exc)
+            )
+            return False
+        return True
+
+    async def close(self) -> None:
+        await close(self._connection, self._channel)
+
+
+async def connect(url: str, attempt_timeout: float) -> AbstractRobustConnection:
+    """A robust connection to RabbitMQ, retried with backoff until the broker answers.
+
+    The connection is built here rather than by ``connect_robust()`` so that an attempt that fails or is
+    cancelled can be closed: an unclosed robust connection goes on reconnecting forever, cancelled or not.
+    """
+    delay = 0.5
+    while True:
+        connection = aio_pika.RobustConnection(make_url(url))
+        try:
+            await connection.connect(timeout=attempt_timeout)
+        except BaseException as exc:
+            await connection.close()
+            if not isinstance(exc, BROKER_ERRORS):
+                raise
+            log.warning("broker unreachable, retrying", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        else:
+            return connection
+
+
+async def close(connection: AbstractRobustConnection | None, channel: AbstractChannel | None) -> None:
+    """Close the channel, then the connection: closing only the connection leaves aio-pika's channel close
+    callbacks pending, to be destroyed with the event loop."""
+    if channel is not None:
+        await channel.close()
+    if connection is not None:
+        await connection.close()

@@ -1,0 +1,141 @@
+"""The transactional outbox: events are rows written in the transaction of the change they announce, then
+published to the broker; a relay loop publishes whatever a request could not (broker down, process killed).
+
+A row is marked sent only after the broker confirmed it, so an event may go out twice (a crash between the
+confirm and the mark) but never zero times: consumers deduplicate by the message id, which is the event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import structlog
+from advanced_alchemy.base import UUIDv7Base
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from advanced_alchemy.types import DateTimeUTC
+from sqlalchemy import Index, LargeBinary, String, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+from sqlalchemy.orm import Mapped, mapped_column
+
+log = structlog.get_logger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OutboxMessage(UUIDv7Base):
+    """An event waiting to be published (``sent_at`` null) or already published. Its id is the event id."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_unsent", "created_at", postgresql_where=text("sent_at IS NULL")),)
+
+    topic: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=_now)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+
+
+class Publisher(Protocol):
+    async def connect(self) -> None:
+        """Reach the broker, retrying until it answers."""
+
+    async def publish(self, message: OutboxMessage) -> bool:
+        """Deliver ``message``; True once the broker confirmed it, False (never an exception) otherwise."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Outbox:
+    """Publishes committed outbox rows at once, and relays the ones left behind."""
+
+    BATCH = 200
+    GRACE = timedelta(seconds=5)  # younger rows are still being published by their request
+
+    def __init__(self, db: SQLAlchemyAsyncConfig, publisher: Publisher, relay_interval: float) -> None:
+        self.db = db
+        self.publisher = publisher
+        self.relay_interval = relay_interval
+
+    async def publish_committed(
+        self, session: AsyncSession | async_scoped_session[AsyncSession], message: OutboxMessage
+    ) -> bool:
+        """Publish a row whose transaction has committed, and mark it sent; left to the relay on failure."""
+        if not await self.publisher.publish(message):
+            return False
+        message.sent_at = _now()
+        await session.commit()
+        return True
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent rows, oldest first; several processes share the work (SKIP LOCKED)."""
+        cutoff = _now() - self.GRACE
+        async with self.db.get_session() as session, session.begin():
+            pending = (
+                await session.scalars(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.sent_at.is_(None), OutboxMessage.created_at <= cutoff)
+                    .order_by(OutboxMessage.created_at)
+                    .limit(self.BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            sent = 0
+            for message in pending:
+                if not await self.publisher.publish(message):
+                    break  # the broker is away: the rest waits for the next round
+                message.sent_at = _now()
+                sent += 1
+        if sent:
+            log.info("outbox relayed", count=sent)
+        return sent
+
+    async def run_relay(self) -> None:
+        """Relay until cancelled: at once while a full batch went out, else every ``relay_interval``."""
+        while True:
+            try:
+                sent = await self.relay_once()
+            except Exception:  # the loop must outlive a database or broker hiccup
+                log.exception("outbox relay failed; retrying")
+                sent = 0
+            if sent < self.BATCH:
+                await asyncio.sleep(self.relay_interval)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """While the API runs: the publisher's connection and the relay loop; both stop with the API."""
+        tasks = [asyncio.create_task(self.publisher.connect()), asyncio.create_task(self.run_relay())]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.publisher.close()
+
+
+class InProcessBus:
+    """The publisher of the embedded default: hands each event straight to ``handler`` in this process."""
+
+    def __init__(self, handler: Callable[[OutboxMessage], Awaitable[None]]) -> None:
+        self.handler = handler
+
+    async def connect(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def publish(self, message: OutboxMessage) -> bool:
+        try:
+            await self.handler(message)
+        except Exception:  # the event stays in the outbox and the relay retries it
+            log.exception("in-process event handler failed", event_id=str(message.id))
+            return False
+        return True

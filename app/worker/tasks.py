@@ -1,0 +1,71 @@
+"""The tasks. Each worker process runs its tasks' async code on one event loop of its own, with its own
+database pool and Redis client, made on first use (after Celery forked the process)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
+from uuid import UUID
+
+import structlog
+from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app.lib.db import sqlalchemy_config
+from app.lib.redis import create_redis
+from app.lib.stores import AtomicStore, create_stores
+from app.orders.cache import ORDER_CACHE_STORE, OrderCache
+from app.orders.processing import process_order as process
+from app.worker import celery, settings
+from app.worker.config import PROCESS_ORDER
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError)
+"""Errors of a database or network that may work again; a task failing with one is retried with backoff."""
+
+
+class WorkerRuntime:
+    def __init__(self) -> None:
+        self.runner = asyncio.Runner()
+        self.db = sqlalchemy_config(settings.database_url)
+        redis = (
+            create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
+        )
+        store = create_stores(redis, settings.redis_key_prefix).get(ORDER_CACHE_STORE)
+        self.cache = OrderCache(cast("AtomicStore", store), settings.cache_ttl_seconds)
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return self.runner.run(work)
+
+
+@functools.cache
+def runtime() -> WorkerRuntime:
+    return WorkerRuntime()
+
+
+@celery.task(
+    name=PROCESS_ORDER,
+    bind=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=10,
+)
+def process_order(self: Task[[str], bool], order_id: str) -> bool:
+    """Process the order (see app.orders.processing); safe to run any number of times."""
+    with structlog.contextvars.bound_contextvars(
+        request_id=self.request.get("request_id"), task_id=self.request.id, order_id=order_id
+    ):
+        return runtime().run(_process(UUID(order_id)))
+
+
+async def _process(order_id: UUID) -> bool:
+    worker = runtime()
+    async with worker.db.get_session() as session:
+        return await process(order_id, session, worker.cache)

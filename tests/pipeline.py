@@ -1,0 +1,123 @@
+"""The consumer and the Celery worker as real processes, for the event pipeline tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from app.config import Settings
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    """The environment a role process of ``settings``' deployment gets."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "AMQP_URL": settings.amqp_url,
+        "EVENTS_EXCHANGE": settings.events_exchange,
+        "CELERY_QUEUE": settings.celery_queue,
+        "LOG_FORMAT": "json",
+    }
+
+
+@dataclass
+class Role:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=60)
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def lines(self, **fields: str) -> list[dict[str, Any]]:
+        """The process's JSON log lines that carry all of ``fields``."""
+        found = []
+        for text in self.log().splitlines():
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue  # Celery's banner and other plain text
+            if isinstance(line, dict) and all(line.get(key) == value for key, value in fields.items()):
+                found.append(line)
+        return found
+
+
+@dataclass
+class Pipeline:
+    """The consumer and worker of one deployment; logs are kept in ``directory``."""
+
+    settings: Settings
+    directory: Path
+    consumer: Role = field(init=False)
+    worker: Role = field(init=False)
+
+    def __post_init__(self) -> None:
+        env = process_env(self.settings)
+        self.consumer = Role(
+            "consumer", [str(BIN / "python"), "-m", "app.consumer"], env, self.directory / "consumer.log"
+        )
+        self.worker = Role(
+            "worker",
+            [str(BIN / "celery"), "-A", "app.worker", "worker", "--concurrency", "2", "--loglevel", "INFO"],
+            env,
+            self.directory / "worker.log",
+        )
+
+    def start(self) -> None:
+        self.worker.start()
+        self.consumer.start()
+        wait_for(lambda: "consuming" in self.consumer.log(), "the consumer to start", timeout=30)
+        wait_for(lambda: "ready." in self.worker.log(), "the worker to start", timeout=60)
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self.worker.stop()
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+
+def wait_for(condition: object, what: str, timeout: float = 15.0) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
