@@ -2,7 +2,8 @@
 published to the broker; a relay loop publishes whatever a request could not (broker down, process killed).
 
 A row is marked sent only after the broker confirmed it, so an event may go out twice (a crash between the
-confirm and the mark) but never zero times: consumers deduplicate by the message id, which is the event id.
+confirm and the mark) but never zero times; what handles an event must be idempotent. The message id is the
+event id, so duplicates can be recognised.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from advanced_alchemy.base import UUIDv7Base
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.types import DateTimeUTC
 from sqlalchemy import Index, LargeBinary, String, select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -66,11 +68,19 @@ class Outbox:
     async def publish_committed(
         self, session: AsyncSession | async_scoped_session[AsyncSession], message: OutboxMessage
     ) -> bool:
-        """Publish a row whose transaction has committed, and mark it sent; left to the relay on failure."""
+        """Publish a row whose transaction has committed, and mark it sent; left to the relay on failure.
+
+        Never raises: the change it announces is committed already, and its request must not fail now.
+        """
         if not await self.publisher.publish(message):
             return False
         message.sent_at = _now()
-        await session.commit()
+        try:
+            await session.commit()
+        except SQLAlchemyError as exc:  # published, not marked: the relay sends a harmless duplicate
+            log.warning("outbox row not marked sent", event_id=str(message.id), error=str(exc))
+            await session.rollback()
+            return False
         return True
 
     async def relay_once(self) -> int:
