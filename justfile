@@ -21,9 +21,9 @@ migrate:
 dev: migrate
     uv run granian --interface asgi --reload --reload-paths app --host 127.0.0.1 --port ${PORT:-8000} app.asgi:app
 
-# Serve the API in production mode with granian ($WORKERS workers on $PORT).
+# Serve the API in production mode: granian, $WORKERS workers on $PORT, graceful shutdown.
 serve:
-    APP_ENV=production uv run granian --interface asgi --host 0.0.0.0 --port ${PORT:-8000} --workers ${WORKERS:-2} --workers-kill-timeout 30 app.asgi:app
+    APP_ENV=production uv run python -m app.serve
 
 # Consume new_order events and dispatch them to the Celery worker.
 consumer:

@@ -26,12 +26,14 @@ from app.lib.db import sqlalchemy_config
 from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController
 from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
+from app.lib.metrics import MetricsController, prometheus_config
 from app.lib.outbox import InProcessBus, Outbox, Publisher
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
 from app.lib.security import PasswordHasher, TokenCodec
 from app.lib.stores import AtomicStore, create_stores
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
+from app.orders.cli import EventsCLIPlugin
 from app.orders.controller import OrderController
 from app.orders.events import NEW_ORDER
 from app.orders.processing import in_process_handler
@@ -65,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     outbox = Outbox(db, publisher, settings.outbox_relay_interval_seconds)
 
     app = Litestar(
-        route_handlers=[AccountController, OrderController, HealthController, docs],
+        route_handlers=[AccountController, OrderController, HealthController, MetricsController, docs],
         dependencies={
             "settings": _singleton(settings),
             "redis": _singleton(redis),
@@ -75,7 +77,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "order_cache": _singleton(order_cache),
             "outbox": _singleton(outbox),
         },
-        plugins=[SQLAlchemyPlugin(config=db), problem_details_plugin(), AccountsCLIPlugin()],
+        plugins=[
+            SQLAlchemyPlugin(config=db),
+            problem_details_plugin(),
+            AccountsCLIPlugin(),
+            EventsCLIPlugin(),
+        ],
         # Rate limits come before authentication, so floods of bad tokens are limited too.
         middleware=[
             # The stricter limiter is outermost, so its headers are the ones a client sees on auth routes.
@@ -89,6 +96,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 settings.rate_limit.as_config(), store="rate_limit", client_address=client_address
             ).middleware,
             auth.middleware,
+            # Innermost: it records the status a handler answered with; 401s and 429s raised by the
+            # middleware above never reach it (see orders_rate_limited_total for the latter).
+            prometheus_config().middleware,
         ],
         stores=stores,
         lifespan=[outbox.running()],

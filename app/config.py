@@ -41,6 +41,7 @@ class RateLimit(msgspec.Struct, frozen=True):
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     app_env: Environment = "development"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    workers: PositiveInt = 2
     database_url: str = "sqlite+aiosqlite:///orders.db"
     redis_url: str = ""
     redis_key_prefix: str = "orders"
@@ -48,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     amqp_url: str = ""
     events_exchange: str = "orders"
     consumer_prefetch: PositiveInt = 64
+    consumer_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9101
     outbox_relay_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     celery_broker_url: str = ""
     celery_queue: str = "orders.process_order"

@@ -31,6 +31,7 @@ def process_env(settings: Settings) -> dict[str, str]:
         "AMQP_URL": settings.amqp_url,
         "EVENTS_EXCHANGE": settings.events_exchange,
         "CELERY_QUEUE": settings.celery_queue,
+        "CONSUMER_METRICS_PORT": "0",  # any free port: the consumer logs the one it took
         "LOG_FORMAT": "json",
     }
 

@@ -4,7 +4,8 @@ A message is acknowledged only after the Celery broker confirmed the task. One t
 to the dead-letter queue at once; one whose task can't be dispatched goes back to the queue, and after
 the queue's delivery limit to the dead-letter queue too. The task id is the event id, for tracing; the
 task itself is idempotent, so an event delivered twice has one effect. SIGTERM stops the consumption,
-lets the messages in hand finish, and leaves every unacknowledged one to the broker.
+lets the messages in hand finish, and leaves every unacknowledged one to the broker. Its counters are
+served in Prometheus format on ``CONSUMER_METRICS_PORT`` (``orders_consumer_messages_total{outcome}``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,22 @@ import msgspec
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from celery import Celery
+from prometheus_client import Counter, start_http_server
 
 from app.config import Settings
 from app.lib.broker import REQUEST_ID_HEADER, Topology, close, connect
 from app.lib.logging import configure_logging
+from app.lib.metrics import metric
 from app.orders.events import NEW_ORDER, NewOrder, decode_new_order
 from app.worker.config import PROCESS_ORDER, create_celery
 
 log = structlog.get_logger("app.consumer")
+
+MESSAGES = Counter(
+    metric("consumer_messages_total"),
+    "Events handled, by outcome: dispatched, dead_lettered, requeued",
+    ["outcome"],
+)
 
 
 class Consumer:
@@ -71,14 +80,17 @@ class Consumer:
                     body=message.body[:200].decode(errors="replace"),
                 )
                 await message.reject(requeue=False)
+                MESSAGES.labels("dead_lettered").inc()
                 return
             try:
                 await asyncio.to_thread(self.dispatch, event, request_id)
             except Exception as exc:  # whatever the reason, the broker keeps the event
                 log.error("task not dispatched, the event goes back to the queue", error=str(exc))
                 await message.nack(requeue=True)
+                MESSAGES.labels("requeued").inc()
                 return
             await message.ack()
+            MESSAGES.labels("dispatched").inc()
             log.info("order dispatched", order_id=str(event.order_id))
 
     def dispatch(self, event: NewOrder, request_id: str | None) -> None:
@@ -104,6 +116,8 @@ async def main() -> None:
         raise SystemExit(
             "orders consumer: AMQP_URL is not set (without a broker, events are handled in the API)"
         )
+    server, _ = start_http_server(settings.consumer_metrics_port)
+    log.info("serving metrics", port=server.server_port, path="/metrics")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

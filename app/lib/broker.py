@@ -132,6 +132,7 @@ class AmqpPublisher:
 
     async def close(self) -> None:
         await close(self._connection, self._channel)
+        log.info("publisher closed")
 
 
 async def connect(url: str, attempt_timeout: float) -> AbstractRobustConnection:
@@ -163,3 +164,49 @@ async def close(connection: AbstractRobustConnection | None, channel: AbstractCh
         await channel.close()
     if connection is not None:
         await connection.close()
+
+
+async def queue_depths(url: str, topology: Topology) -> dict[str, int]:
+    """Messages ready in the topology's queue and in its dead-letter queue."""
+    connection = await aio_pika.connect(url)
+    async with connection, connection.channel() as channel:
+        depths = {}
+        for name in (topology.queue, topology.dead_letter_queue):
+            queue = await channel.declare_queue(name, passive=True)
+            depths[name] = queue.declaration_result.message_count or 0
+        return depths
+
+
+async def replay_dead_letters(url: str, topology: Topology, limit: int | None = None) -> int:
+    """Move dead-lettered messages back to the exchange as they were first published.
+
+    RabbitMQ's own headers (``x-death``, ``x-first-death-*``...) are dropped, so the message starts over
+    with a fresh delivery count. Each leaves the dead-letter queue only after its republication is confirmed.
+    """
+    replayed = 0
+    connection = await aio_pika.connect(url)
+    async with connection, connection.channel(publisher_confirms=True, on_return_raises=True) as channel:
+        exchange, _ = await topology.declare(channel)
+        dead = await channel.get_queue(topology.dead_letter_queue)
+        while limit is None or replayed < limit:
+            message = await dead.get(fail=False)
+            if message is None:
+                break
+            headers = {
+                key: value
+                for key, value in message.headers.items()
+                if key == REQUEST_ID_HEADER or not key.startswith("x-")
+            }
+            again = aio_pika.Message(
+                body=message.body,
+                message_id=message.message_id,
+                type=message.type,
+                content_type=message.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                timestamp=message.timestamp,
+                headers=headers,
+            )
+            await exchange.publish(again, routing_key=topology.topic, mandatory=True)
+            await message.ack()
+            replayed += 1
+    return replayed

@@ -18,12 +18,25 @@ import structlog
 from advanced_alchemy.base import UUIDv7Base
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.types import DateTimeUTC
-from sqlalchemy import Index, LargeBinary, String, select, text
+from prometheus_client import Counter, Gauge
+from sqlalchemy import Index, LargeBinary, String, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.lib.metrics import metric
+
 log = structlog.get_logger(__name__)
+
+EVENTS_PUBLISHED = Counter(metric("events_published_total"), "Events the broker confirmed", ["topic", "by"])
+OUTBOX_PENDING = Gauge(
+    metric("outbox_pending"), "Events waiting to be published", multiprocess_mode="mostrecent"
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    metric("outbox_oldest_pending_age_seconds"),
+    "Age of the oldest event waiting to be published (0 if none)",
+    multiprocess_mode="mostrecent",
+)
 
 
 def _now() -> datetime:
@@ -41,6 +54,16 @@ class OutboxMessage(UUIDv7Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=_now)
     sent_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True))
+
+
+async def backlog(db: SQLAlchemyAsyncConfig) -> tuple[int, float]:
+    """How many events wait to be published, and how long (seconds) the oldest has waited."""
+    unsent = OutboxMessage.sent_at.is_(None)
+    async with db.get_session() as session:
+        count, oldest = (
+            await session.execute(select(func.count(), func.min(OutboxMessage.created_at)).where(unsent))
+        ).one()
+    return int(count), (_now() - oldest).total_seconds() if oldest else 0.0
 
 
 class Publisher(Protocol):
@@ -74,6 +97,7 @@ class Outbox:
         """
         if not await self.publisher.publish(message):
             return False
+        _published(message, "request")
         message.sent_at = _now()
         try:
             await session.commit()
@@ -98,8 +122,10 @@ class Outbox:
             ).all()
             sent = 0
             for message in pending:
-                if not await self.publisher.publish(message):
-                    break  # the broker is away: the rest waits for the next round
+                with structlog.contextvars.bound_contextvars(request_id=message.request_id):
+                    if not await self.publisher.publish(message):
+                        break  # the broker is away: the rest waits for the next round
+                    _published(message, "relay")
                 message.sent_at = _now()
                 sent += 1
         if sent:
@@ -111,11 +137,17 @@ class Outbox:
         while True:
             try:
                 sent = await self.relay_once()
+                await self.measure_backlog()
             except Exception:  # the loop must outlive a database or broker hiccup
                 log.exception("outbox relay failed; retrying")
                 sent = 0
             if sent < self.BATCH:
                 await asyncio.sleep(self.relay_interval)
+
+    async def measure_backlog(self) -> None:
+        count, age = await backlog(self.db)
+        OUTBOX_PENDING.set(count)
+        OUTBOX_OLDEST_AGE.set(age)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -128,6 +160,11 @@ class Outbox:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.publisher.close()
+
+
+def _published(message: OutboxMessage, by: str) -> None:
+    EVENTS_PUBLISHED.labels(message.topic, by).inc()
+    log.info("event published", topic=message.topic, event_id=str(message.id), by=by)
 
 
 class InProcessBus:

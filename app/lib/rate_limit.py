@@ -18,8 +18,10 @@ import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.rate_limit import DURATION_VALUES, RateLimitConfig, RateLimitMiddleware
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from app.lib.metrics import metric
 from app.lib.stores import AtomicMemoryStore, AtomicStore, Window
 
 if TYPE_CHECKING:
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger(__name__)
+
+RATE_LIMITED = Counter(metric("rate_limited_total"), "Requests refused with 429", ["store"])
 
 AUTH_RATE_LIMITED = "auth_rate_limited"
 """Route handler ``opt`` key: the handler also counts against the stricter authentication limit."""
@@ -46,6 +50,7 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
             window = await self.hit(self.cache_key_from_request(request), self.config.get_store_from_app(app))
             headers = self.window_headers(window) if self.config.set_rate_limit_headers else {}
             if window.requests > self.max_requests:
+                RATE_LIMITED.labels(self.config.store).inc()
                 headers["Retry-After"] = str(max(window.resets_in, 1))
                 raise TooManyRequestsException(
                     detail=f"Rate limit of {self.max_requests} requests per {self.unit} exceeded",
@@ -135,7 +140,7 @@ def rate_limit_config(
     return RateLimitConfig(
         rate_limit=rate,
         store=store,
-        exclude=[r"^/health", r"^/schema", r"^/docs"],
+        exclude=[r"^/health", r"^/schema", r"^/docs", r"^/metrics"],
         identifier_for_request=client_address,
         check_throttle_handler=(lambda request: bool(request.route_handler.opt.get(only_opt)))
         if only_opt

@@ -13,13 +13,17 @@ from uuid import UUID
 
 import msgspec
 import structlog
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from app.lib.metrics import metric
 from app.lib.stores import AtomicStore
 from app.orders.models import Order
 from app.orders.schemas import OrderRead
 
 log = structlog.get_logger(__name__)
+
+CACHE_READS = Counter(metric("cache_reads_total"), "Order reads by cache outcome", ["result"])
 
 ORDER_CACHE_STORE = "order_cache"
 """The name of the cache's store: its Redis keys are ``<REDIS_KEY_PREFIX>:order_cache:<order id>``."""
@@ -43,7 +47,9 @@ class OrderCache:
             cached = await self.store.get_versioned(str(order_id))
         except RedisError as exc:
             log.warning("order cache unreachable, reading the database", error=str(exc))
+            CACHE_READS.labels("error").inc()
             return None
+        CACHE_READS.labels("hit" if cached else "miss").inc()
         return _decoder.decode(cached.value) if cached else None
 
     async def put(self, order: Order) -> OrderRead:

@@ -12,11 +12,13 @@ from advanced_alchemy.filters import LimitOffset, OrderBy
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.auth import Principal
 from app.lib.errors import NotFoundError, UnprocessableError
 from app.lib.logging import current_request_id
+from app.lib.metrics import metric
 from app.lib.outbox import Outbox
 from app.orders.cache import OrderCache, to_read
 from app.orders.events import new_order_message
@@ -26,6 +28,7 @@ from app.orders.schemas import OrderCreate, OrderRead
 from app.orders.status import check_transition
 
 NOT_FOUND = "No such order"
+ORDERS_PLACED = Counter(metric("placed_total"), "Orders created (idempotent replays excluded)")
 
 
 class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
@@ -72,6 +75,7 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
                 first = await keys.get_one(user_id=user_id, key=idempotency_key)
                 return await self._replay(first, fingerprint), True
         await session.commit()
+        ORDERS_PLACED.inc()
         placed = await self.cache.put(order)
         await self.outbox.publish_committed(session, event)
         return placed, False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
@@ -12,11 +13,12 @@ import aio_pika
 import asyncpg
 import pytest
 from httpx import AsyncClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.lib.outbox import Outbox
 from tests.conftest import forget_redis_keys
-from tests.pipeline import Pipeline
+from tests.pipeline import BIN, ROOT, Pipeline, process_env
 from tests.support import (
     AMQP_URL,
     Account,
@@ -173,6 +175,70 @@ async def test_a_malformed_message_is_dead_lettered_and_consumption_goes_on(
     assert (await processed(client, alice, order["id"]))["processed_at"] is not None
 
 
+async def test_a_dead_lettered_event_replayed_from_the_cli_is_processed_once(
+    deployment: Settings, pipeline: Pipeline
+) -> None:
+    async with serving(same_stores(deployment, amqp_url=UNREACHABLE_AMQP_URL)) as cut_off:
+        alice = await signed_up(cut_off)
+        order = await place_order(cut_off, alice)
+    [event] = await fetch(
+        deployment, "SELECT id, payload FROM outbox WHERE id = $1", await event_id(deployment, order)
+    )
+    # As if it had been published and then dead-lettered: marked sent, and sitting in the dead-letter queue.
+    await fetch(deployment, "UPDATE outbox SET sent_at = now() WHERE id = $1", event["id"])
+    await publish(
+        deployment,
+        event["payload"],
+        message_id=str(event["id"]),
+        exchange=f"{deployment.events_exchange}.dead",
+    )
+    await dead_letter_arrived(deployment)
+
+    replayed = await asyncio.to_thread(
+        subprocess.run,
+        [BIN / "litestar", "--app", "app.asgi:app", "events", "replay"],
+        cwd=ROOT,
+        env=process_env(deployment),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert "1 event(s) moved" in replayed.stdout
+    async with serving(deployment) as client:
+        assert (await processed(client, alice, order["id"]))["processed_at"] is not None
+    assert [line["event"] for line in pipeline.worker.lines(order_id=order["id"])] == ["order processed"]
+
+
+async def test_the_consumer_counts_what_it_did(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    before = await consumer_counts(pipeline)
+    message_id = str(uuid4())
+    await publish(deployment, b"not even json", message_id=message_id)
+    await dead_letter(deployment, message_id)
+    alice = await signed_up(client)
+    await processed(client, alice, (await place_order(client, alice))["id"])
+
+    after = await consumer_counts(pipeline)
+
+    assert after.get("dispatched", 0) - before.get("dispatched", 0) == 1
+    assert after.get("dead_lettered", 0) - before.get("dead_lettered", 0) == 1
+
+
+async def consumer_counts(pipeline: Pipeline) -> dict[str, float]:
+    """The consumer's ``orders_consumer_messages_total`` by outcome, from its metrics endpoint."""
+    port = pipeline.consumer.lines(event="serving metrics")[-1]["port"]
+    async with AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        exposed = (await http.get("/metrics")).text
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(exposed)
+        for sample in family.samples
+        if sample.name == "orders_consumer_messages_total"
+    }
+
+
 async def test_concurrent_retries_rolled_back_leave_exactly_one_event(
     client: AsyncClient, deployment: Settings
 ) -> None:
@@ -209,15 +275,15 @@ async def event_id(settings: Settings, order: dict[str, Any]) -> UUID:
     return UUID(str(row["id"]))
 
 
-async def publish(settings: Settings, body: bytes, message_id: str) -> None:
-    """Put a message on the event exchange as a producer would, bypassing the API."""
+async def publish(settings: Settings, body: bytes, message_id: str, exchange: str | None = None) -> None:
+    """Put a message on the event exchange (or ``exchange``) as a producer would, bypassing the API."""
     connection = await aio_pika.connect(AMQP_URL)
     async with connection, connection.channel() as channel:
-        exchange = await channel.get_exchange(settings.events_exchange)
+        target = await channel.get_exchange(exchange or settings.events_exchange)
         message = aio_pika.Message(
             body, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
         )
-        await exchange.publish(message, routing_key="new_order")
+        await target.publish(message, routing_key="new_order")
 
 
 async def dead_letter(settings: Settings, message_id: str) -> aio_pika.abc.AbstractIncomingMessage | None:
@@ -237,6 +303,19 @@ async def dead_letter(settings: Settings, message_id: str) -> aio_pika.abc.Abstr
 
         await eventually(arrived, "the message in the dead-letter queue")
     return found[0]
+
+
+async def dead_letter_arrived(settings: Settings) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        queue = await channel.get_queue(f"{settings.events_exchange}.new_order.dead")
+
+        async def arrived() -> bool:
+            return bool(
+                (await channel.declare_queue(queue.name, passive=True)).declaration_result.message_count
+            )
+
+        await eventually(arrived, "the message in the dead-letter queue")
 
 
 async def as_awaitable(value: bool) -> bool:

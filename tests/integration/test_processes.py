@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from tests.conftest import forget_redis_keys
@@ -63,25 +67,34 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
     assert ready["dependencies"]["redis"]["status"] == "not configured"
 
 
-@pytest.fixture
-def granian(database_url: str) -> Iterator[str]:
-    """`just serve`'s command line: granian, production settings, two workers."""
+@contextmanager
+def production_api(database_url: str, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`just serve`: ``python -m app.serve`` (granian, two workers) with production settings."""
     port = free_port()
-    prefix = f"test-granian-{port}"
+    prefix = f"test-api-{port}"
     env = clean_env(
-        APP_ENV="production",
-        DATABASE_URL=database_url,
-        REDIS_URL=REDIS_URL,
-        REDIS_KEY_PREFIX=prefix,
-        AMQP_URL=AMQP_URL,
-        JWT_SECRET=JWT_SECRET,
-        AUTH_RATE_LIMIT="6/minute",
-        ARGON2_MEMORY_COST_KIB="8",
-        ARGON2_TIME_COST="1",
-        ARGON2_PARALLELISM="1",
+        **{
+            "APP_ENV": "production",
+            "PORT": str(port),
+            "WORKERS": "2",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": prefix,
+            "AMQP_URL": AMQP_URL,
+            "JWT_SECRET": JWT_SECRET,
+            "ARGON2_MEMORY_COST_KIB": "8",
+            "ARGON2_TIME_COST": "1",
+            "ARGON2_PARALLELISM": "1",
+            **settings,
+        }
     )
-    command = [BIN / "granian", "--interface", "asgi", "--workers", "2", "--port", str(port), "app.asgi:app"]
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [BIN / "python", "-m", "app.serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -92,12 +105,19 @@ def granian(database_url: str) -> Iterator[str]:
             except httpx.TransportError:
                 time.sleep(0.2)
         else:
-            pytest.fail("granian did not start: " + server.stderr.read().decode() if server.stderr else "")
-        yield base_url
+            pytest.fail("the API did not start: " + (server.stderr.read().decode() if server.stderr else ""))
+        yield base_url, server
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=60)
         forget_redis_keys(prefix)
+
+
+@pytest.fixture
+def granian(database_url: str) -> Iterator[str]:
+    with production_api(database_url, AUTH_RATE_LIMIT="6/minute") as (base_url, _):
+        yield base_url
 
 
 def http_order(base_url: str, headers: dict[str, str]) -> str:
@@ -142,6 +162,42 @@ def test_granian_with_two_workers_shares_cache_logout_and_limits(granian: str) -
             statuses.append(http.post("/token", data={"username": email, "password": "wrong"}).status_code)
     # /register and /token above used 2 of the 6 allowed per minute, whichever worker counted them
     assert statuses == [401, 401, 401, 401, 429, 429]
+
+    # every worker's samples are in /metrics, whichever worker answers it
+    with fresh_connection() as http:
+        exposed = http.get("/metrics").text
+    served_me = [
+        family.samples
+        for family in text_string_to_metric_families(exposed)
+        if family.name == "orders_requests"
+    ]
+    assert (
+        sum(
+            sample.value
+            for sample in served_me[0]
+            if sample.name == "orders_requests_total" and sample.labels["path"] == "/users/me"
+        )
+        == 6
+    )
+
+
+def test_shutdown_lets_requests_in_flight_finish(database_url: str) -> None:
+    # A login takes about a second of hashing: it is still in flight when SIGTERM arrives.
+    slow_hashing = {"ARGON2_TIME_COST": "20", "ARGON2_MEMORY_COST_KIB": "65536"}
+    with production_api(database_url, **slow_hashing) as (base_url, server):
+        email = new_email()
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            assert http.post("/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        with concurrent.futures.ThreadPoolExecutor() as pool:
+            login = pool.submit(
+                httpx.post, f"{base_url}/token", data={"username": email, "password": PASSWORD}, timeout=30
+            )
+            time.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            assert login.result().status_code == 200
+        assert server.wait(timeout=30) == 0
+        errors = server.stderr.read().decode() if server.stderr else ""
+    assert "Traceback" not in errors
 
 
 async def test_admins_are_created_by_the_cli(database_url: str, settings: Settings) -> None:

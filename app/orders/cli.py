@@ -1,0 +1,48 @@
+"""``litestar events …``: look at the order events' backlog, and send dead-lettered ones round again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+from litestar.plugins import CLIPluginProtocol
+
+from app.config import Settings
+from app.lib.broker import Topology, queue_depths, replay_dead_letters
+from app.lib.db import sqlalchemy_config
+from app.lib.outbox import backlog
+from app.orders.events import NEW_ORDER
+
+
+class EventsCLIPlugin(CLIPluginProtocol):
+    def on_cli_init(self, cli: click.Group) -> None:
+        @cli.group(help="Order events: the outbox and the RabbitMQ queues.")
+        def events() -> None: ...
+
+        @events.command(help="Events waiting in the outbox, and messages in the queue and dead-letter queue.")
+        def status() -> None:
+            settings = Settings.from_env()
+            waiting, age = asyncio.run(backlog(sqlalchemy_config(settings.database_url)))
+            click.echo(f"outbox: {waiting} event(s) not published yet, the oldest waiting {age:.1f} s")
+            if not settings.amqp_url:
+                click.echo("no AMQP_URL: events are handled inside the API process")
+                return
+            depths = asyncio.run(queue_depths(settings.amqp_url, _topology(settings)))
+            for queue, messages in depths.items():
+                click.echo(f"{queue}: {messages} message(s) ready")
+
+        @events.command(help="Publish dead-lettered events again (all of them, or --limit), oldest first.")
+        @click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay at most this many.")
+        def replay(limit: int | None) -> None:
+            settings = Settings.from_env()
+            if not settings.amqp_url:
+                raise click.UsageError("AMQP_URL is not set: there is no dead-letter queue")
+            topology = _topology(settings)
+            replayed = asyncio.run(replay_dead_letters(settings.amqp_url, topology, limit))
+            click.echo(
+                f"{replayed} event(s) moved from {topology.dead_letter_queue} back to {topology.queue}"
+            )
+
+
+def _topology(settings: Settings) -> Topology:
+    return Topology(settings.events_exchange, NEW_ORDER)

@@ -1,0 +1,53 @@
+"""``python -m app.serve``: the API role in production, granian serving ``app.asgi:app``.
+
+``WORKERS`` processes on ``PORT``, each running the app's lifespan with its own connections. On SIGTERM or
+SIGINT granian stops accepting connections, lets the requests in flight finish (30 s at most), then runs
+each worker's shutdown: the outbox relay stops, the RabbitMQ publisher, Redis and the database pool close.
+The Prometheus multiprocess directory is emptied first, so ``/metrics`` adds up this run's workers only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from granian.constants import Interfaces
+from granian.server import Server
+
+from app.config import Settings, SettingsError
+
+SHUTDOWN_GRACE_SECONDS = 30
+
+
+def prepare_metrics_directory() -> Path:
+    """``PROMETHEUS_MULTIPROC_DIR`` as given (emptied of a previous run), or a fresh temporary directory."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="orders-metrics-"))
+    if configured:
+        shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # inherited by the workers
+    return directory
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"orders: {exc}") from None
+    prepare_metrics_directory()
+    Server(
+        "app.asgi:app",
+        address="0.0.0.0",  # noqa: S104 - a server's job; bind a narrower address behind a firewall if needed
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        workers_kill_timeout=SHUTDOWN_GRACE_SECONDS,
+        respawn_failed_workers=True,
+    ).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""What can be checked of the container setup without a container engine: the compose file and the
+Containerfile agree with the code, the justfile and the settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+COMPOSE = yaml.safe_load((ROOT / "containers" / "compose.yaml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+CONTAINERFILE = (ROOT / "containers" / "Containerfile").read_text()
+JUSTFILE = (ROOT / "justfile").read_text()
+ROLES = {
+    "api": ["python", "-m", "app.serve"],
+    "consumer": ["python", "-m", "app.consumer"],
+    "worker": ["celery", "-A", "app.worker", "worker"],
+    "flower": ["celery", "-A", "app.worker", "flower"],
+    "migrate": ["alembic", "upgrade", "head"],
+}
+
+
+def test_the_stack_has_every_service() -> None:
+    assert set(SERVICES) == {"postgres", "redis", "rabbitmq", *ROLES}
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+def test_each_role_runs_the_projects_own_command(role: str) -> None:
+    command = SERVICES[role]["command"]
+    assert command[: len(ROLES[role])] == ROLES[role]
+    module = command[2] if command[1] in {"-m", "-A"} else None
+    if module:
+        assert importlib.util.find_spec(module) is not None, module
+
+
+@pytest.mark.parametrize(
+    ("recipe", "role"),
+    [("serve", "api"), ("consumer", "consumer"), ("worker", "worker"), ("flower", "flower")],
+)
+def test_the_justfile_runs_the_same_commands(recipe: str, role: str) -> None:
+    body = re.search(rf"^{recipe}:.*\n((?:    .*\n)+)", JUSTFILE, re.MULTILINE)
+    assert body is not None, recipe
+    assert " ".join(ROLES[role]) in body.group(1)
+
+
+def test_every_service_has_a_healthcheck_but_the_one_shot_migration() -> None:
+    for name, service in SERVICES.items():
+        assert ("healthcheck" in service) == (name != "migrate"), name
+    assert SERVICES["migrate"]["restart"] == "no"
+
+
+def test_roles_start_after_what_they_need() -> None:
+    assert SERVICES["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for role in ("api", "consumer", "worker"):
+        assert SERVICES[role]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        assert SERVICES[role]["depends_on"]["rabbitmq"] == {"condition": "service_healthy"}
+        assert SERVICES[role]["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+def test_ports_match_the_settings() -> None:
+    defaults = Settings()
+    assert SERVICES["api"]["ports"] == [f"8000-8009:{defaults.port}"]
+    assert f"EXPOSE {defaults.port}" in CONTAINERFILE
+    assert f":{defaults.port}/health/ready" in str(SERVICES["api"]["healthcheck"]["test"])
+    assert f":{defaults.consumer_metrics_port}/metrics" in str(SERVICES["consumer"]["healthcheck"]["test"])
+
+
+def test_the_roles_environment_names_real_settings() -> None:
+    settings = {name.upper() for name in Settings.__struct_fields__}
+    for role in ROLES:
+        assert set(SERVICES[role]["environment"]) <= settings, role
+    production = SERVICES["api"]["environment"]
+    assert production["APP_ENV"] == "production"
+    assert {"DATABASE_URL", "REDIS_URL", "AMQP_URL", "JWT_SECRET"} <= set(production)
+
+
+def test_the_image_is_multi_stage_non_root_and_without_build_tools() -> None:
+    stages = re.split(r"^FROM ", CONTAINERFILE, flags=re.MULTILINE)[1:]
+    assert len(stages) == 2
+    final = stages[-1]
+    assert re.search(r"^USER (?!root)\w+", final, re.MULTILINE)
+    assert "apt-get" not in final
+    assert "/uv" not in final  # uv stays in the build stage
+
+
+def test_the_containerfile_copies_what_exists_and_runs_the_api() -> None:
+    for line in re.findall(r"^COPY (?!--from)(.+)$", CONTAINERFILE, re.MULTILINE):
+        *sources, _ = shlex.split(line)
+        for source in sources:
+            assert (ROOT / source).exists(), source
+    cmd = re.search(r"^CMD (\[.*\])$", CONTAINERFILE, re.MULTILINE)
+    assert cmd is not None
+    assert yaml.safe_load(cmd.group(1)) == ROLES["api"]
