@@ -29,9 +29,9 @@ serve:
 consumer:
     uv run python -m app.consumer
 
-# Run the Celery worker that processes orders ($WORKER_CONCURRENCY processes, default: one per CPU).
+# Run the Celery worker that processes orders ($WORKER_CONCURRENCY processes).
 worker:
-    uv run celery -A app.worker worker --loglevel INFO ${WORKER_CONCURRENCY:+--concurrency $WORKER_CONCURRENCY}
+    uv run celery -A app.worker worker --loglevel INFO
 
 # Watch the worker with Flower on http://127.0.0.1:5555.
 flower:

@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, cast
+from uuid import UUID
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
-from litestar import Litestar, get
+from litestar import Litestar, Request, get
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -30,13 +33,14 @@ from app.lib.metrics import MetricsController, prometheus_config
 from app.lib.outbox import InProcessBus, Outbox, Publisher
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
-from app.lib.security import PasswordHasher, TokenCodec
+from app.lib.security import PasswordHasher, TokenCodec, unverified_session_id
 from app.lib.stores import AtomicStore, create_stores
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
 from app.orders.cli import EventsCLIPlugin
-from app.orders.controller import OrderController
+from app.orders.controller import READS_CACHED_ORDER, OrderController
 from app.orders.events import NEW_ORDER
 from app.orders.processing import in_process_handler
+from app.orders.services import OrderReader
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -50,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)
 
-    db = sqlalchemy_config(settings.database_url)
+    db = sqlalchemy_config(settings.database_url, settings.database_pool_size)
     redis = create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
     hasher = PasswordHasher.from_settings(settings)
     tokens = TokenCodec.from_settings(settings)
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "tokens": _singleton(tokens),
             "revoked": _singleton(revoked),
             "order_cache": _singleton(order_cache),
+            "order_reader": _singleton(OrderReader(order_cache, db)),
             "outbox": _singleton(outbox),
         },
         plugins=[
@@ -93,7 +98,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 only_opt=AUTH_RATE_LIMITED,
             ).middleware,
             rate_limit_config(
-                settings.rate_limit.as_config(), store="rate_limit", client_address=client_address
+                settings.rate_limit.as_config(),
+                store="rate_limit",
+                client_address=client_address,
+                read_ahead=_read_ahead(revoked, order_cache),
             ).middleware,
             auth.middleware,
             # Innermost: it records the status a handler answered with; 401s and 429s raised by the
@@ -112,6 +120,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Outermost, so that every response (exception handler ones included) carries the request id.
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     return app
+
+
+def _read_ahead(
+    revoked: RevokedSessions, order_cache: OrderCache
+) -> Callable[[Request[Any, Any, Any]], list[str]]:
+    """The Redis keys a request will read: its session's revocation state, and the order it asks for."""
+
+    def keys(request: Request[Any, Any, Any]) -> list[str]:
+        wanted = revoked.keys_for(unverified_session_id(request.headers.get("authorization")))
+        if request.route_handler.opt.get(READS_CACHED_ORDER):
+            with suppress(ValueError):
+                wanted.append(order_cache.key_of(UUID(request.path_params["order_id"])))
+        return wanted
+
+    return keys
 
 
 def _singleton(value: Any) -> Provide:

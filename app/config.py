@@ -43,6 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     workers: PositiveInt = 2
     database_url: str = "sqlite+aiosqlite:///orders.db"
+    database_pool_size: PositiveInt = 20
     redis_url: str = ""
     redis_key_prefix: str = "orders"
     redis_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 0.25
@@ -53,6 +54,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_relay_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     celery_broker_url: str = ""
     celery_queue: str = "orders.process_order"
+    worker_concurrency: PositiveInt = 8
     jwt_secret: str = DEVELOPMENT_JWT_SECRET
     jwt_issuer: str = "orders"
     jwt_audience: str = "orders-api"

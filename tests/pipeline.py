@@ -32,6 +32,7 @@ def process_env(settings: Settings) -> dict[str, str]:
         "EVENTS_EXCHANGE": settings.events_exchange,
         "CELERY_QUEUE": settings.celery_queue,
         "CONSUMER_METRICS_PORT": "0",  # any free port: the consumer logs the one it took
+        "WORKER_CONCURRENCY": "2",
         "LOG_FORMAT": "json",
     }
 

@@ -13,6 +13,7 @@ from litestar.security.jwt import OAuth2PasswordBearerAuth
 
 from app.accounts.models import Role
 from app.accounts.revocations import RevokedSessions
+from app.lib.rate_limit import read_ahead_values
 from app.lib.security import REQUIRED_CLAIMS, SessionToken, TokenCodec
 
 TOKEN_URL = "/token"  # noqa: S105 - a path, not a secret
@@ -54,8 +55,11 @@ def bearer_auth(
             return None
 
     async def is_revoked(token: SessionToken, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
-        db = db_config.provide_session(connection.app.state, connection.scope)
-        return await revoked.contains(token.session_id, db)
+        return await revoked.contains(
+            token.session_id,
+            lambda: db_config.provide_session(connection.app.state, connection.scope),
+            read_ahead_values(connection.scope),
+        )
 
     return OAuth2PasswordBearerAuth[Principal, SessionToken](
         token_url=TOKEN_URL,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -35,18 +36,30 @@ class RevokedSessions:
         self.synced_key = f"{self.key_prefix}:synced"
         self.max_lifetime = max_lifetime
 
-    async def contains(self, session_id: UUID, db: AsyncSession) -> bool:
+    def keys_for(self, session_id: UUID | None) -> list[str]:
+        """The Redis keys ``contains`` reads for this session, to read ahead with the request's first call."""
+        return [self._key(session_id), self.synced_key] if self.redis is not None and session_id else []
+
+    async def contains(
+        self, session_id: UUID, db: Callable[[], AsyncSession], read_ahead: Mapping[str, bytes | None]
+    ) -> bool:
+        """Whether the session is revoked; ``db()`` gives a database session, only if Redis can't answer."""
         if self.redis is not None:
             try:
-                revoked, synced = await self.redis.mget(self._key(session_id), self.synced_key)
+                keys = self.keys_for(session_id)
+                revoked, synced = (
+                    [read_ahead[key] for key in keys]
+                    if all(key in read_ahead for key in keys)
+                    else await self.redis.mget(*keys)
+                )
                 if revoked is not None:
                     return True
                 if synced is not None and time.time() - float(synced) < self.SYNC_INTERVAL:
                     return False
-                await self._sync(db, since=float(synced) - self.SYNC_OVERLAP if synced else None)
+                await self._sync(db(), since=float(synced) - self.SYNC_OVERLAP if synced else None)
             except RedisError as exc:
                 log.warning("revocation cache unreachable, asking the database", error=str(exc))
-        return await AuthSessionRepository(session=db).is_revoked(session_id)
+        return await AuthSessionRepository(session=db()).is_revoked(session_id)
 
     async def add(self, session_id: UUID, expires_at: datetime) -> None:
         """Publish a revocation that is already committed to the database."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from advanced_alchemy.extensions.litestar import AsyncSessionConfig, SQLAlchemyAsyncConfig
+from advanced_alchemy.extensions.litestar import AsyncSessionConfig, EngineConfig, SQLAlchemyAsyncConfig
 
 
-def sqlalchemy_config(database_url: str) -> SQLAlchemyAsyncConfig:
+def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncConfig:
+    """``pool_size`` connections per process (and as many again in bursts); SQLite keeps its own pool."""
+    pooled = not database_url.startswith("sqlite")
     return SQLAlchemyAsyncConfig(
         connection_string=database_url,
+        engine_config=EngineConfig(pool_size=pool_size, max_overflow=pool_size) if pooled else EngineConfig(),
         session_config=AsyncSessionConfig(expire_on_commit=False),
         # Commits a request's session when a 2xx response starts. Writes commit explicitly before that
         # (auto_commit=True), so a failed commit is an error response, never a 2xx for lost data.

@@ -9,19 +9,18 @@ event id, so duplicates can be recognised.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from uuid import UUID
 
 import structlog
 from advanced_alchemy.base import UUIDv7Base
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.types import DateTimeUTC
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Index, LargeBinary, String, func, select, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+from sqlalchemy import Index, LargeBinary, String, func, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.lib.metrics import metric
@@ -70,42 +69,48 @@ class Publisher(Protocol):
     async def connect(self) -> None:
         """Reach the broker, retrying until it answers."""
 
-    async def publish(self, message: OutboxMessage) -> bool:
-        """Deliver ``message``; True once the broker confirmed it, False (never an exception) otherwise."""
+    async def publish_many(self, messages: Sequence[OutboxMessage]) -> list[bool]:
+        """Deliver the messages; for each, True once the broker confirmed it, else False (never raises)."""
         ...
 
     async def close(self) -> None: ...
 
 
 class Outbox:
-    """Publishes committed outbox rows at once, and relays the ones left behind."""
+    """Publishes committed outbox rows at once, in the background, and relays the ones left behind.
+
+    ``dispatch`` hands a committed row to this process's dispatcher and returns at once, so a request
+    never waits for the broker. The dispatcher publishes what has come in, as one batch of confirmed
+    publications, and marks the confirmed rows sent with one UPDATE. Whatever it could not publish, or a
+    crash made it forget, stays unsent in the table, where the relay finds it.
+    """
 
     BATCH = 200
-    GRACE = timedelta(seconds=5)  # younger rows are still being published by their request
+    GRACE = timedelta(seconds=5)  # younger rows are the dispatcher's; the relay takes the older ones
+    QUEUE_LIMIT = 10_000  # rows waiting for the dispatcher; past it they are left to the relay
 
     def __init__(self, db: SQLAlchemyAsyncConfig, publisher: Publisher, relay_interval: float) -> None:
         self.db = db
         self.publisher = publisher
         self.relay_interval = relay_interval
+        self._queue: asyncio.Queue[OutboxMessage] | None = None
 
-    async def publish_committed(
-        self, session: AsyncSession | async_scoped_session[AsyncSession], message: OutboxMessage
-    ) -> bool:
-        """Publish a row whose transaction has committed, and mark it sent; left to the relay on failure.
+    def dispatch(self, message: OutboxMessage) -> None:
+        """Publish a row whose transaction has committed, soon; never blocks, never raises."""
+        if self._queue is not None and self._queue.qsize() < self.QUEUE_LIMIT:
+            self._queue.put_nowait(message)
 
-        Never raises: the change it announces is committed already, and its request must not fail now.
-        """
-        if not await self.publisher.publish(message):
-            return False
-        _published(message, "request")
-        message.sent_at = _now()
-        try:
-            await session.commit()
-        except SQLAlchemyError as exc:  # published, not marked: the relay sends a harmless duplicate
-            log.warning("outbox row not marked sent", event_id=str(message.id), error=str(exc))
-            await session.rollback()
-            return False
-        return True
+    async def run_dispatcher(self, queue: asyncio.Queue[OutboxMessage]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                sent = await self._publish(batch, by="request")
+                if sent:
+                    await self._mark_sent(sent)
+            except Exception:  # e.g. the database is away: the rows stay unsent and the relay sends them
+                log.exception("outbox dispatch failed; the relay will retry")
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows, oldest first; several processes share the work (SKIP LOCKED)."""
@@ -120,17 +125,13 @@ class Outbox:
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            sent = 0
+            sent = await self._publish(pending, by="relay")
             for message in pending:
-                with structlog.contextvars.bound_contextvars(request_id=message.request_id):
-                    if not await self.publisher.publish(message):
-                        break  # the broker is away: the rest waits for the next round
-                    _published(message, "relay")
-                message.sent_at = _now()
-                sent += 1
+                if message.id in sent:
+                    message.sent_at = _now()
         if sent:
-            log.info("outbox relayed", count=sent)
-        return sent
+            log.info("outbox relayed", count=len(sent))
+        return len(sent)
 
     async def run_relay(self) -> None:
         """Relay until cancelled: at once while a full batch went out, else every ``relay_interval``."""
@@ -149,22 +150,42 @@ class Outbox:
         OUTBOX_PENDING.set(count)
         OUTBOX_OLDEST_AGE.set(age)
 
+    async def _publish(self, messages: Sequence[OutboxMessage], by: str) -> set[UUID]:
+        """Publish the messages; the ids of those the broker confirmed."""
+        confirmed = await self.publisher.publish_many(messages) if messages else []
+        sent = {message.id for message, ok in zip(messages, confirmed, strict=True) if ok}
+        for message in messages:
+            if message.id in sent:
+                EVENTS_PUBLISHED.labels(message.topic, by).inc()
+                with structlog.contextvars.bound_contextvars(request_id=message.request_id):
+                    log.info("event published", topic=message.topic, event_id=str(message.id), by=by)
+        return sent
+
+    async def _mark_sent(self, ids: set[UUID]) -> None:
+        async with self.db.get_session() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids), OutboxMessage.sent_at.is_(None))
+                .values(sent_at=_now())
+            )
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """While the API runs: the publisher's connection and the relay loop; both stop with the API."""
-        tasks = [asyncio.create_task(self.publisher.connect()), asyncio.create_task(self.run_relay())]
+        """While the API runs: the publisher's connection, the dispatcher and the relay; all stop with it."""
+        self._queue = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(self.publisher.connect()),
+            asyncio.create_task(self.run_dispatcher(self._queue)),
+            asyncio.create_task(self.run_relay()),
+        ]
         try:
             yield
         finally:
+            self._queue = None  # rows still queued stay unsent: the relay of a running process sends them
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.publisher.close()
-
-
-def _published(message: OutboxMessage, by: str) -> None:
-    EVENTS_PUBLISHED.labels(message.topic, by).inc()
-    log.info("event published", topic=message.topic, event_id=str(message.id), by=by)
 
 
 class InProcessBus:
@@ -179,7 +200,10 @@ class InProcessBus:
     async def close(self) -> None:
         return None
 
-    async def publish(self, message: OutboxMessage) -> bool:
+    async def publish_many(self, messages: Sequence[OutboxMessage]) -> list[bool]:
+        return [await self._handle(message) for message in messages]  # one at a time: SQLite has one writer
+
+    async def _handle(self, message: OutboxMessage) -> bool:
         try:
             await self.handler(message)
         except Exception:  # the event stays in the outbox and the relay retries it

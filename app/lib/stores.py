@@ -10,6 +10,7 @@ the fallback while Redis is unreachable; atomic within the process).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -26,7 +27,11 @@ if ttl < 0 then
     redis.call('EXPIRE', KEYS[1], ARGV[1])
     ttl = tonumber(ARGV[1])
 end
-return {count, ttl}
+local reply = {count, ttl}
+for i = 2, #KEYS do
+    reply[i + 1] = redis.call('GET', KEYS[i])
+end
+return reply
 """
 
 _PUT_IF_NEWER = b"""
@@ -43,10 +48,11 @@ return 1
 
 
 class Window(NamedTuple):
-    """One client's fixed window after counting a request."""
+    """One client's fixed window after counting a request, and the values read along (see ``hit``)."""
 
     requests: int
     resets_in: int
+    read: dict[str, bytes | None] | None = None
 
 
 class Versioned(NamedTuple):
@@ -56,7 +62,13 @@ class Versioned(NamedTuple):
 
 @runtime_checkable
 class AtomicStore(Protocol):
-    async def hit(self, key: str, window_seconds: int) -> Window: ...
+    async def hit(self, key: str, window_seconds: int, read: Sequence[str] = ()) -> Window:
+        """Count a request; Redis also reads the (full) keys ``read`` in the same round trip."""
+        ...
+
+    def full_key(self, key: str) -> str:
+        """The Redis key this store keeps ``key`` under."""
+        ...
 
     async def get_versioned(self, key: str) -> Versioned | None: ...
 
@@ -71,12 +83,15 @@ class AtomicRedisStore(RedisStore):
         self._hit = self._redis.register_script(_HIT)
         self._put_if_newer = self._redis.register_script(_PUT_IF_NEWER)
 
-    async def hit(self, key: str, window_seconds: int) -> Window:
-        requests, ttl = await self._hit(keys=[self._make_key(key)], args=[window_seconds])
-        return Window(int(requests), int(ttl))
+    async def hit(self, key: str, window_seconds: int, read: Sequence[str] = ()) -> Window:
+        requests, ttl, *values = await self._hit(keys=[self._make_key(key), *read], args=[window_seconds])
+        return Window(int(requests), int(ttl), dict(zip(read, values, strict=True)) if read else None)
+
+    def full_key(self, key: str) -> str:
+        return self._make_key(key)
 
     async def get_versioned(self, key: str) -> Versioned | None:
-        return _split(await self.get(key))
+        return split_versioned(await self.get(key))
 
     async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool:
         return bool(await self._put_if_newer(keys=[self._make_key(key)], args=[version, value, expires_in]))
@@ -87,7 +102,8 @@ class AtomicMemoryStore(MemoryStore):
 
     __slots__ = ()
 
-    async def hit(self, key: str, window_seconds: int) -> Window:
+    async def hit(self, key: str, window_seconds: int, read: Sequence[str] = ()) -> Window:
+        """Counts only: the keys to read belong to Redis, which this store stands in for."""
         async with self._lock:
             self._prune()
             current = self._live(key)
@@ -100,17 +116,20 @@ class AtomicMemoryStore(MemoryStore):
             return Window(requests, max(current.expires_in, 0))
 
     async def get_versioned(self, key: str) -> Versioned | None:
-        return _split(await self.get(key))
+        return split_versioned(await self.get(key))
 
     async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool:
         async with self._lock:
             self._prune()
             current = self._live(key)
-            stored = _split(current.data) if current else None
+            stored = split_versioned(current.data) if current else None
             if stored is not None and stored.version >= version:
                 return False
             self._store[key] = StorageObject.new(data=_join(version, value), expires_in=expires_in)
             return True
+
+    def full_key(self, key: str) -> str:
+        return key
 
     def _prune(self) -> None:
         if len(self._store) >= self.PRUNE_AT:
@@ -125,7 +144,8 @@ def _join(version: int, value: bytes) -> bytes:
     return b"%d|%b" % (version, value)
 
 
-def _split(stored: bytes | None) -> Versioned | None:
+def split_versioned(stored: bytes | None) -> Versioned | None:
+    """A stored ``<version>|<value>``, as written by ``put_if_newer``."""
     if stored is None:
         return None
     version, _, value = stored.partition(b"|")

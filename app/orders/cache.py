@@ -8,7 +8,7 @@ for a single database read. Any cache failure is logged and the caller carries o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from uuid import UUID
 
 import msgspec
@@ -17,7 +17,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from app.lib.metrics import metric
-from app.lib.stores import AtomicStore
+from app.lib.stores import AtomicStore, split_versioned
 from app.orders.models import Order
 from app.orders.schemas import OrderRead
 
@@ -42,9 +42,19 @@ class OrderCache:
         self.ttl_seconds = ttl_seconds
         self._loading: dict[UUID, asyncio.Future[OrderRead | None]] = {}
 
-    async def get(self, order_id: UUID) -> OrderRead | None:
+    def key_of(self, order_id: UUID) -> str:
+        """The Redis key of the order's entry, to be read ahead with the request's first Redis call."""
+        return self.store.full_key(str(order_id))
+
+    async def get(
+        self, order_id: UUID, read_ahead: Mapping[str, bytes | None] | None = None
+    ) -> OrderRead | None:
         try:
-            cached = await self.store.get_versioned(str(order_id))
+            key = self.key_of(order_id)
+            if read_ahead and key in read_ahead:
+                cached = split_versioned(read_ahead[key])
+            else:
+                cached = await self.store.get_versioned(str(order_id))
         except RedisError as exc:
             log.warning("order cache unreachable, reading the database", error=str(exc))
             CACHE_READS.labels("error").inc()
@@ -55,21 +65,26 @@ class OrderCache:
     async def put(self, order: Order) -> OrderRead:
         """Cache the committed ``order`` (unless a newer version is there already) and return its schema."""
         read = to_read(order)
+        await self.put_read(read, order.version)
+        return read
+
+    async def put_read(self, order: OrderRead, version: int) -> None:
+        """Cache a committed order given as its schema and version."""
         try:
-            await self.store.put_if_newer(
-                str(order.id), order.version, _encoder.encode(read), self.ttl_seconds
-            )
+            await self.store.put_if_newer(str(order.id), version, _encoder.encode(order), self.ttl_seconds)
         except RedisError as exc:
             log.warning(
                 "order cache unreachable, entry not refreshed", order_id=str(order.id), error=str(exc)
             )
-        return read
 
     async def get_or_load(
-        self, order_id: UUID, load: Callable[[], Awaitable[Order | None]]
+        self,
+        order_id: UUID,
+        load: Callable[[], Awaitable[Order | None]],
+        read_ahead: Mapping[str, bytes | None] | None = None,
     ) -> OrderRead | None:
         """The cached order, or the one ``load`` reads: once for all concurrent callers in this process."""
-        if (cached := await self.get(order_id)) is not None:
+        if (cached := await self.get(order_id, read_ahead)) is not None:
             return cached
         if (pending := self._loading.get(order_id)) is not None:
             return await asyncio.shield(pending)

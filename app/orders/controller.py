@@ -13,9 +13,10 @@ from litestar.status_codes import HTTP_201_CREATED
 
 from app.accounts.auth import BEARER_REQUIRED, Principal
 from app.lib.errors import ForbiddenError, problem_responses
+from app.lib.rate_limit import read_ahead_values
 from app.lib.security import SessionToken
 from app.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
-from app.orders.services import OrderService, provide_orders
+from app.orders.services import OrderReader, OrderService, provide_orders
 
 AuthRequest = Request[Principal, SessionToken, Any]
 IdempotencyKey = Annotated[
@@ -30,6 +31,8 @@ IdempotencyKey = Annotated[
 Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Page size (at most 100).")]
 Offset = Annotated[int, QueryParameter(ge=0, description="Orders to skip.")]
 
+READS_CACHED_ORDER = "reads_cached_order"
+"""Handler ``opt`` key: the handler reads the cache entry of the ``order_id`` in its path (read it ahead)."""
 REPLAYED_HEADER = "Idempotent-Replayed"
 TOTAL_COUNT_HEADER = "X-Total-Count"
 PAGE_HEADERS = [
@@ -105,6 +108,7 @@ class OrderController(Controller):
 
     @get(
         "/{order_id:str}",
+        opt={READS_CACHED_ORDER: True},
         summary="An order",
         description="Another user's order answers 404, like an unknown one.",
         responses=problem_responses(401, 404, 422),
@@ -113,9 +117,9 @@ class OrderController(Controller):
         self,
         request: AuthRequest,
         order_id: FromPath[UUID],
-        orders: NamedDependency[OrderService],
+        order_reader: NamedDependency[OrderReader],
     ) -> OrderRead:
-        return await orders.read(request.user, order_id)
+        return await order_reader.read(request.user, order_id, read_ahead_values(request.scope))
 
     @patch(
         "/{order_id:str}",

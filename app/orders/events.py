@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
 from uuid import UUID
@@ -11,7 +11,7 @@ import msgspec
 from uuid_utils.compat import uuid7
 
 from app.lib.outbox import OutboxMessage
-from app.orders.models import Order
+from app.orders.schemas import OrderRead
 
 NEW_ORDER: Literal["new_order"] = "new_order"
 
@@ -35,8 +35,8 @@ def decode_new_order(body: bytes) -> NewOrder:
     return _decoder.decode(body)
 
 
-def new_order_message(order: Order, request_id: str | None) -> OutboxMessage:
-    """The outbox row announcing ``order``, to be added in the transaction that creates it."""
+def new_order_message(order: OrderRead, request_id: str | None) -> OutboxMessage:
+    """The outbox row announcing ``order``, to be written in the transaction that creates it."""
     event_id = uuid7()  # time-ordered, like every id here
     event = NewOrder(
         event=NEW_ORDER,
@@ -47,5 +47,9 @@ def new_order_message(order: Order, request_id: str | None) -> OutboxMessage:
         occurred_at=order.created_at,
     )
     return OutboxMessage(
-        id=event_id, topic=NEW_ORDER, payload=msgspec.json.encode(event), request_id=request_id
+        id=event_id,
+        topic=NEW_ORDER,
+        payload=msgspec.json.encode(event),
+        request_id=request_id,
+        created_at=datetime.now(UTC),
     )

@@ -13,29 +13,37 @@ from uuid import UUID
 
 import structlog
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.lib.outbox import OutboxMessage
 from app.orders.cache import OrderCache
 from app.orders.events import decode_new_order
-from app.orders.repositories import OrderRepository
+from app.orders.models import Order
 
 log = structlog.get_logger(__name__)
 
 
 async def process_order(order_id: UUID, session: AsyncSession, cache: OrderCache) -> bool:
     """Process the order; False (and no change) if it was processed before or does not exist."""
-    # Unwrapped errors, so that the worker can tell a lost connection (retry) from a bug (fail).
-    orders = OrderRepository(session=session, wrap_exceptions=False)
-    order = await orders.get_one_or_none(id=order_id, with_for_update=True)
-    if order is None:
-        log.warning("order to process not found", order_id=str(order_id))
-        return False
-    if order.processed_at is not None:
-        log.info("order already processed", order_id=str(order_id))
-        return False
-    order.processed_at = datetime.now(UTC)
+    # One conditional UPDATE ... RETURNING instead of a locked read, an update and a commit's worth of ORM
+    # bookkeeping: the condition makes it idempotent, and it costs one round trip. Errors stay SQLAlchemy's,
+    # so that the worker can tell a lost connection (retry) from a bug (fail).
+    stamp = (
+        update(Order)
+        .where(Order.id == order_id, Order.processed_at.is_(None))
+        .values(processed_at=datetime.now(UTC), updated_at=datetime.now(UTC), version=Order.version + 1)
+        .returning(Order)
+        .execution_options(synchronize_session=False)
+    )
+    order = (await session.scalars(stamp)).one_or_none()
     await session.commit()
+    if order is None:
+        exists = await session.scalar(select(Order.id).where(Order.id == order_id))
+        log.info(
+            "order already processed" if exists else "order to process not found", order_id=str(order_id)
+        )
+        return False
     await cache.put(order)
     log.info("order processed", order_id=str(order_id), status=order.status.value)
     return True

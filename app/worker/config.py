@@ -22,6 +22,8 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=4,
+        # Processing waits on the database and Redis far more than it computes: more processes than CPUs.
+        worker_concurrency=settings.worker_concurrency,
         # The producer waits for RabbitMQ's confirm, and retries a refused publish before giving up.
         broker_transport_options={"confirm_publish": True},
         task_publish_retry=True,
@@ -32,8 +34,8 @@ def create_celery(settings: Settings) -> Celery:
             "interval_max": 3,
         },
         broker_connection_retry_on_startup=True,
-        worker_send_task_events=True,  # for Flower
-        task_send_sent_event=True,
+        # Task events cost RabbitMQ messages per task; Flower switches them on while it watches.
+        worker_send_task_events=False,
         worker_hijack_root_logger=False,
         enable_utc=True,
         timezone="UTC",

@@ -32,7 +32,7 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError, OSError,
 class WorkerRuntime:
     def __init__(self) -> None:
         self.runner = asyncio.Runner()
-        self.db = sqlalchemy_config(settings.database_url)
+        self.db = sqlalchemy_config(settings.database_url, pool_size=2)  # one task at a time per process
         redis = (
             create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
         )

@@ -6,7 +6,7 @@ from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import RateLimit, Settings
-from tests.support import new_email, place_order, same_stores, serving, signed_up, token_request
+from tests.support import eventually, new_email, place_order, same_stores, serving, signed_up, token_request
 
 
 async def samples(client: AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -38,10 +38,16 @@ async def test_creating_an_order_and_reading_it_twice_moves_the_counters(client:
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
+    async def published() -> bool:  # the event goes out in the background, just after the response
+        nonlocal after
+        after = await samples(client)
+        return moved("orders_events_published_total", topic="new_order") == 1
+
+    await eventually(published, "the order's event to be published")
+
     assert moved("orders_placed_total") == 1
     assert moved("orders_cache_reads_total", result="hit") == 2  # placing the order cached it
     assert moved("orders_cache_reads_total", result="miss") == 0
-    assert moved("orders_events_published_total", topic="new_order") == 1
     assert moved("orders_requests_total", path="/orders/{order_id}", method="GET", status_code="200") == 2
     assert moved("orders_request_duration_seconds_count", path="/orders", method="POST") == 1
     assert ("orders_outbox_pending", frozenset()) in after

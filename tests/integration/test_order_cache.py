@@ -163,3 +163,28 @@ async def assert_order_flow_works(client: Any) -> None:
     assert patched.status_code == 200
     assert (await client.get(path, headers=alice.headers)).json()["status"] == "PAID"
     assert (await client.get("/orders", headers=alice.headers)).status_code == 200
+
+
+async def test_a_cached_read_costs_one_redis_round_trip(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(settings) as client:
+        alice = await signed_up(client)
+        order = await place_order(client, alice)
+        path = f"/orders/{order['id']}"
+        assert (
+            await client.get(path, headers=alice.headers)
+        ).status_code == 200  # sessions synced, order cached
+
+        commands: list[str] = []
+        send = redis.asyncio.Redis.execute_command
+
+        async def counted(self: redis.asyncio.Redis, *args: Any, **options: Any) -> Any:
+            commands.append(str(args[0]))
+            return await send(self, *args, **options)
+
+        monkeypatch.setattr(redis.asyncio.Redis, "execute_command", counted)
+        response = await client.get(path, headers=alice.headers)
+
+    assert response.json() == order
+    assert commands == ["EVALSHA"]  # rate limit, revocation check and cache entry in one call

@@ -110,8 +110,7 @@ async def test_a_new_order_is_processed_within_seconds(
 
     assert done["processed_at"] >= order["created_at"]
     assert done["status"] == "PENDING"  # processing leaves the status to payment and shipping
-    [event] = await fetch(deployment, EVENTS_OF_ORDER, order["id"])
-    assert event["sent_at"] is not None
+    await eventually(lambda: event_sent(deployment, order["id"]), "the event to be marked sent")
     request_id = placed.headers["x-request-id"]
     assert [line["request_id"] for line in pipeline.consumer.lines(order_id=order["id"])] == [request_id]
     assert [line["request_id"] for line in pipeline.worker.lines(order_id=order["id"])] == [request_id]
@@ -133,8 +132,7 @@ async def test_an_order_placed_while_the_broker_is_unreachable_is_processed_when
         done = await processed(connected, alice, order["id"])
 
     assert done["processed_at"] is not None
-    [event] = await fetch(deployment, EVENTS_OF_ORDER, order["id"])
-    assert event["sent_at"] is not None
+    await eventually(lambda: event_sent(deployment, order["id"]), "the event to be marked sent")
 
 
 async def test_the_same_event_delivered_twice_has_one_effect(
@@ -268,6 +266,11 @@ async def test_orders_placed_while_consumer_and_worker_are_down_are_processed_af
         await processed(client, alice, order["id"])
     for order in orders:
         assert [line["event"] for line in pipeline.worker.lines(order_id=order["id"])] == ["order processed"]
+
+
+async def event_sent(settings: Settings, order_id: str) -> bool:
+    [event] = await fetch(settings, EVENTS_OF_ORDER, order_id)
+    return event["sent_at"] is not None
 
 
 async def event_id(settings: Settings, order: dict[str, Any]) -> UUID:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -8,7 +9,7 @@ import jwt
 import pytest
 from litestar.exceptions import NotAuthorizedException
 
-from app.lib.security import REQUIRED_CLAIMS, TokenCodec
+from app.lib.security import REQUIRED_CLAIMS, TokenCodec, unverified_session_id
 
 SECRET = "unit-test-secret-" + "s" * 48  # long enough for HS512 too
 
@@ -92,3 +93,39 @@ def test_the_payload_holds_only_the_claims(codec: TokenCodec) -> None:
 def test_forged_or_incomplete_tokens_are_refused(codec: TokenCodec, forged: str) -> None:
     with pytest.raises(NotAuthorizedException):
         codec.decode(forged, "access")
+
+
+def test_a_remembered_token_is_refused_once_it_expires(codec: TokenCodec) -> None:
+    short = TokenCodec(
+        secret=SECRET,
+        issuer="orders",
+        audience="orders-api",
+        access_ttl=timedelta(seconds=1),
+        refresh_ttl=timedelta(1),
+    )
+    encoded = short.encode(
+        short.issue("access", subject=uuid4(), session_id=uuid4(), role="user", token_id=uuid4())
+    )
+    assert short.decode(encoded, "access").typ == "access"  # verified, and remembered
+
+    time.sleep(1.1)
+
+    with pytest.raises(NotAuthorizedException):
+        short.decode(encoded, "access")
+
+
+def test_the_session_of_a_token_can_be_read_without_verifying_it(codec: TokenCodec) -> None:
+    session = uuid4()
+    token = codec.encode(
+        codec.issue("access", subject=uuid4(), session_id=session, role="user", token_id=uuid4())
+    )
+
+    assert unverified_session_id(f"Bearer {token}") == session
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer not.a.jwt", "Bearer a.b", "Basic dXNlcjpwYXNz", "Bearer e30.e30.sig"],
+)
+def test_anything_else_has_no_session(authorization: str | None) -> None:
+    assert unverified_session_id(authorization) is None
