@@ -37,6 +37,10 @@ worker:
 flower:
     uv run celery -A app.worker flower --address=127.0.0.1 --port=5555
 
+# Benchmark the service as production runs it and write bench/RESULTS.md (needs wrk; see that file).
+bench *args:
+    uv run python bench/run.py {{args}}
+
 # Create an admin account (password prompted, or taken from $ADMIN_PASSWORD).
 create-admin email:
     uv run litestar users create-admin {{email}}

@@ -71,7 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     argon2_time_cost: PositiveInt = 3
     argon2_memory_cost_kib: Annotated[int, msgspec.Meta(ge=8)] = 65536
     argon2_parallelism: PositiveInt = 4
-    password_hash_concurrency: PositiveInt = 2
+    password_hash_concurrency: PositiveInt = 1
 
     def __post_init__(self) -> None:
         if self.argon2_memory_cost_kib < 8 * self.argon2_parallelism:

@@ -26,7 +26,7 @@ from uuid import UUID
 
 import httpx
 import psutil
-from stack import PASSWORD, Role, Stack, free_port, granian, sign_up, wait_healthy
+from stack import PASSWORD, PROCESSED, Role, Stack, free_port, granian, sign_up, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -55,12 +55,13 @@ class Scenario:
     runs: list[Load] = field(default_factory=list)
 
 
-def wrk(url: str, script: str, token: str, seconds: int, connections: int) -> Load:
+def wrk(url: str, script: str, token: str, seconds: int, connections: int, *, pause_ms: float = 0) -> Load:
     """Run wrk and read its report; errors are socket errors plus non-2xx/3xx answers."""
     command = [
         "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(HERE / "wrk" / script), url
     ]  # fmt: skip
-    report = subprocess.run(command, env={"TOKEN": token}, capture_output=True, text=True, check=True).stdout
+    env = {"TOKEN": token, "PAUSE_MS": str(pause_ms)}
+    report = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", report)[1])  # type: ignore[index]
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", report, re.MULTILINE))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", report))
@@ -103,24 +104,6 @@ def worker_rss(role: Role) -> list[float]:
         return []
 
 
-async def paced_orders(base_url: str, token: str, rate: float, count: int) -> tuple[list[str], float]:
-    """Create ``count`` orders at ``rate`` per second; the order ids and the rate actually achieved."""
-    headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as http:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-
-        async def create(index: int) -> str:
-            await asyncio.sleep(max(0.0, start + index / rate - loop.time()))
-            response = await http.post("/orders", json=ORDER_BODY, headers=headers)
-            assert response.status_code == 201, response.text
-            return str(response.json()["id"])
-
-        ids = await asyncio.gather(*(create(index) for index in range(count)))
-        return ids, count / (loop.time() - start)
-
-
 @dataclass
 class Pipeline:
     offered_rate: float
@@ -130,23 +113,28 @@ class Pipeline:
     processing_rate: float
 
 
-async def pipeline_run(stack: Stack, rate: float, count: int) -> Pipeline:
-    """Orders created at a fixed rate: time from each create to its processed_at, and the processing rate."""
+async def pipeline_run(stack: Stack, rate: float, seconds: int) -> Pipeline:
+    """Orders created at a steady rate (wrk, 20 connections pausing between requests): the time from each
+    create to its processed_at, and the rate at which they were processed."""
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
         user_id, token = await sign_up(http)
-    _, achieved = await paced_orders(stack.base_url, token, rate, count)
+    connections = 20
+    url, pause = f"{stack.base_url}/orders", connections * 1000 / rate
+    await asyncio.to_thread(wrk, url, "create_order_paced.lua", token, seconds, connections, pause_ms=pause)
     deadline = time.monotonic() + 300
-    query = "SELECT count(*) FROM orders WHERE user_id = $1 AND processed_at IS NOT NULL"
-    while await stack.count(query, UUID(user_id)) < count:
+    created = "SELECT count(*) FROM orders WHERE user_id = $1"
+    processed = "SELECT count(*) FROM orders WHERE user_id = $1 AND processed_at IS NOT NULL"
+    while (count := await stack.count(created, UUID(user_id))) > await stack.count(processed, UUID(user_id)):
         if time.monotonic() > deadline:
             raise SystemExit("orders were not all processed within 300 s")
         await asyncio.sleep(0.2)
+    achieved = count / seconds
     rows = await stack.fetch(
         "SELECT created_at, processed_at FROM orders WHERE user_id = $1 ORDER BY created_at", UUID(user_id)
     )
     delays = sorted((row["processed_at"] - row["created_at"]).total_seconds() * 1000 for row in rows)
-    processed = sorted(row["processed_at"] for row in rows)
-    span = (processed[-1] - rows[0]["created_at"]).total_seconds()
+    last = max(row["processed_at"] for row in rows)
+    span = (last - rows[0]["created_at"]).total_seconds()
     return Pipeline(
         offered_rate=rate,
         achieved_rate=achieved,
@@ -154,6 +142,22 @@ async def pipeline_run(stack: Stack, rate: float, count: int) -> Pipeline:
         p99_ms=delays[int(len(delays) * 0.99) - 1],
         processing_rate=count / span,
     )
+
+
+async def backlog_drain(stack: Stack, seconds: int, connections: int) -> tuple[int, float]:
+    """Orders created by wrk while the consumer and worker are stopped, then processed as fast as they go:
+    how many, and the rate at which the pipeline worked them off."""
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
+        _, token = await sign_up(http)
+    stack.consumer.stop()
+    stack.worker.stop()
+    await asyncio.to_thread(wrk, f"{stack.base_url}/orders", "create_order.lua", token, seconds, connections)
+    total = await stack.count("SELECT count(*) FROM orders")
+    backlog = total - await stack.count(PROCESSED)
+    stack.worker.start()
+    stack.consumer.start()
+    took = await stack.processed_at_least(total, within=900)
+    return backlog, backlog / took
 
 
 async def health_during_logins(stack: Stack, seconds: int) -> Load:
@@ -239,13 +243,15 @@ async def main(seconds: int, connections: int) -> None:
             reference.start()
             await wait_healthy(f"http://127.0.0.1:{port}/", reference.log)
         user_id, token, order_id = await seed(stack)
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
+            _, creator_token = await sign_up(http)  # S2's orders don't grow the list S3 reads
         print(f"logs in {stack.logs}")
         api = stack.base_url
         scenarios = [
             Scenario("R1", "reference: bare route", f"http://127.0.0.1:{bare_port}/"),
             Scenario("R2", "reference: one Redis GET", f"http://127.0.0.1:{redis_port}/"),
             Scenario("S1", "GET /orders/{id} (cache hit)", f"{api}/orders/{order_id}", token=token),
-            Scenario("S2", "POST /orders", f"{api}/orders", "create_order.lua", token),
+            Scenario("S2", "POST /orders", f"{api}/orders", "create_order.lua", creator_token),
             Scenario(
                 "S3", "GET /orders/user/{id}?limit=20", f"{api}/orders/user/{user_id}?limit=20", token=token
             ),
@@ -267,7 +273,9 @@ async def main(seconds: int, connections: int) -> None:
         rss_after = worker_rss(stack.api)
 
         print("S5 pipeline ...", flush=True)
-        pipelines = [await pipeline_run(stack, rate, int(rate * 10)) for rate in (200, 500)]
+        pipelines = [await pipeline_run(stack, rate, seconds) for rate in (100, 200)]
+        print("S5 backlog ...", flush=True)
+        backlog, drain_rate = await backlog_drain(stack, seconds, connections)
         print("health during logins ...", flush=True)
         health = await health_during_logins(stack, seconds)
     finally:
@@ -286,10 +294,13 @@ async def main(seconds: int, connections: int) -> None:
         "| S5 pipeline | offered/s | achieved/s | create → processed p50 ms | p99 ms | processed/s |",
         "|---|---:|---:|---:|---:|---:|",
         *(
-            f"| {p.offered_rate:.0f}/s for 10 s | {p.offered_rate:.0f} | {p.achieved_rate:.0f} | "
+            f"| {p.offered_rate:.0f}/s for {seconds} s | {p.offered_rate:.0f} | {p.achieved_rate:.0f} | "
             f"{p.p50_ms:.0f} | {p.p99_ms:.0f} | {p.processing_rate:.0f} |"
             for p in pipelines
         ),
+        "",
+        f"Backlog: {backlog} orders created while the consumer and worker were stopped were processed at "
+        f"{drain_rate:.0f} orders/s once they started.",
         "",
         f"GET /health while 20 clients log in without pause: {health.requests_per_second:,.0f} req/s, "
         f"p50 {health.p50_ms:.2f} ms, p99 {health.p99_ms:.2f} ms, {health.errors} errors.",

@@ -43,8 +43,16 @@ AUTH_RATE_LIMITED = "auth_rate_limited"
 """Route handler ``opt`` key: the handler also counts against the stricter authentication limit."""
 
 
+@dataclass
+class SharedRateLimitConfig(RateLimitConfig):
+    read_ahead: Callable[[Request[Any, Any, Any]], list[str]] = field(default=lambda _: [])
+    """The full Redis keys the request will read, fetched in the limiter's round trip."""
+
+
 class SharedRateLimitMiddleware(RateLimitMiddleware):
-    def __init__(self, app: ASGIApp, config: RateLimitConfig) -> None:
+    config: SharedRateLimitConfig
+
+    def __init__(self, app: ASGIApp, config: SharedRateLimitConfig) -> None:
         super().__init__(app, config)
         self.window_seconds = DURATION_VALUES[self.unit]
         self.fallback = AtomicMemoryStore()
@@ -54,11 +62,10 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
         app = scope["litestar_app"]
         request: Request[Any, Any, Any] = app.request_class(scope)
         if await self.should_check_request(request):
-            read_ahead = (
-                self.config.read_ahead(request) if isinstance(self.config, SharedRateLimitConfig) else []
-            )
             window = await self.hit(
-                self.cache_key_from_request(request), self.config.get_store_from_app(app), read_ahead
+                self.cache_key_from_request(request),
+                self.config.get_store_from_app(app),
+                self.config.read_ahead(request),
             )
             if window.read is not None:
                 scope["state"][READ_AHEAD_STATE] = window.read
@@ -97,12 +104,6 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
             config.rate_limit_remaining_header_key: str(max(self.max_requests - window.requests, 0)),
             config.rate_limit_reset_header_key: str(window.resets_in),
         }
-
-
-@dataclass
-class SharedRateLimitConfig(RateLimitConfig):
-    read_ahead: Callable[[Request[Any, Any, Any]], list[str]] = field(default=lambda _: [])
-    """The full Redis keys the request will read, fetched in the limiter's round trip."""
 
 
 def read_ahead_values(scope: Scope) -> Mapping[str, bytes | None]:
