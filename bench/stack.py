@@ -116,7 +116,9 @@ class Stack:
         python, celery = str(BIN / "python"), str(BIN / "celery")
         self.api = Role([python, "-m", "app.serve"], self.env, self.logs / "api.log")
         self.consumer = Role([python, "-m", "app.consumer"], self.env, self.logs / "consumer.log")
-        worker = [celery, "-A", "app.worker", "worker", "--concurrency", "2", "--loglevel", "INFO"]
+        # A node name of its own: two Celery workers named alike on one host fight over their control queue.
+        node = f"--hostname={self.queue}@%h"
+        worker = [celery, "-A", "app.worker", "worker", node, "--concurrency=2", "--loglevel=INFO"]
         self.worker = Role(worker, self.env, self.logs / "worker.log")
 
     async def set_up(self) -> None:

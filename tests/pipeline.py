@@ -90,9 +90,11 @@ class Pipeline:
         self.consumer = Role(
             "consumer", [str(BIN / "python"), "-m", "app.consumer"], env, self.directory / "consumer.log"
         )
+        # A node name of its own: two Celery workers named alike on one host fight over their control queue.
+        node = f"--hostname={self.settings.celery_queue}@%h"
         self.worker = Role(
             "worker",
-            [str(BIN / "celery"), "-A", "app.worker", "worker", "--concurrency", "2", "--loglevel", "INFO"],
+            [str(BIN / "celery"), "-A", "app.worker", "worker", node, "--concurrency=2", "--loglevel=INFO"],
             env,
             self.directory / "worker.log",
         )
