@@ -61,8 +61,8 @@ async def delete_topology(settings: Settings) -> None:
 @pytest.fixture(scope="module")
 def pipeline(deployment: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     processes = Pipeline(deployment, tmp_path_factory.mktemp("pipeline"))
-    processes.start()
     try:
+        processes.start()  # inside: a role that did start is stopped even if another one did not
         yield processes
     finally:
         processes.stop()
