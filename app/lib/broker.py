@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, Abstr
 from aio_pika.connection import make_url
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from app.lib.outbox import OutboxMessage
+from app.lib.outbox import Event
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +70,7 @@ class Topology:
         return exchange, queue
 
 
-def amqp_message(message: OutboxMessage) -> aio_pika.Message:
+def amqp_message(message: Event) -> aio_pika.Message:
     return aio_pika.Message(
         body=message.payload,
         message_id=str(message.id),
@@ -118,11 +118,11 @@ class AmqpPublisher:
             return
         log.info("publisher connected", exchange=self.topology.exchange)
 
-    async def publish_many(self, messages: Sequence[OutboxMessage]) -> list[bool]:
+    async def publish_many(self, messages: Sequence[Event]) -> list[bool]:
         """Publish concurrently: the broker confirms them as a stream, not one round trip each."""
         return list(await asyncio.gather(*(self.publish(message) for message in messages)))
 
-    async def publish(self, message: OutboxMessage) -> bool:
+    async def publish(self, message: Event) -> bool:
         if not self.ready or self._exchange is None:
             return False
         try:

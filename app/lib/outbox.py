@@ -12,15 +12,16 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, cast
 from uuid import UUID
 
+import msgspec
 import structlog
 from advanced_alchemy.base import UUIDv7Base
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.types import DateTimeUTC
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Index, LargeBinary, String, func, select, text, update
+from sqlalchemy import Index, LargeBinary, String, Table, Update, func, insert, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.lib.metrics import metric
@@ -55,6 +56,21 @@ class OutboxMessage(UUIDv7Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
 
+class Event(msgspec.Struct, frozen=True):
+    """An event as the outbox holds it: what is written with the change, and what the publisher sends."""
+
+    id: UUID
+    topic: str
+    payload: bytes
+    request_id: str | None
+    created_at: datetime
+
+
+INSERT_EVENT = insert(cast("Table", OutboxMessage.__table__))  # the table: no ORM bookkeeping
+"""Executed with ``msgspec.structs.asdict(event)``: one compiled statement for every event."""
+_EVENT_COLUMNS = [getattr(OutboxMessage, name) for name in Event.__struct_fields__]
+
+
 async def backlog(db: SQLAlchemyAsyncConfig) -> tuple[int, float]:
     """How many events wait to be published, and how long (seconds) the oldest has waited."""
     unsent = OutboxMessage.sent_at.is_(None)
@@ -69,8 +85,8 @@ class Publisher(Protocol):
     async def connect(self) -> None:
         """Reach the broker, retrying until it answers."""
 
-    async def publish_many(self, messages: Sequence[OutboxMessage]) -> list[bool]:
-        """Deliver the messages; for each, True once the broker confirmed it, else False (never raises)."""
+    async def publish_many(self, events: Sequence[Event]) -> list[bool]:
+        """Deliver the events; for each, True once the broker confirmed it, else False (never raises)."""
         ...
 
     async def close(self) -> None: ...
@@ -93,14 +109,14 @@ class Outbox:
         self.db = db
         self.publisher = publisher
         self.relay_interval = relay_interval
-        self._queue: asyncio.Queue[OutboxMessage] | None = None
+        self._queue: asyncio.Queue[Event] | None = None
 
-    def dispatch(self, message: OutboxMessage) -> None:
-        """Publish a row whose transaction has committed, soon; never blocks, never raises."""
+    def dispatch(self, event: Event) -> None:
+        """Publish an event whose transaction has committed, soon; never blocks, never raises."""
         if self._queue is not None and self._queue.qsize() < self.QUEUE_LIMIT:
-            self._queue.put_nowait(message)
+            self._queue.put_nowait(event)
 
-    async def run_dispatcher(self, queue: asyncio.Queue[OutboxMessage]) -> None:
+    async def run_dispatcher(self, queue: asyncio.Queue[Event]) -> None:
         while True:
             batch = [await queue.get()]
             while len(batch) < self.BATCH and not queue.empty():
@@ -116,19 +132,17 @@ class Outbox:
         """Publish one batch of unsent rows, oldest first; several processes share the work (SKIP LOCKED)."""
         cutoff = _now() - self.GRACE
         async with self.db.get_session() as session, session.begin():
-            pending = (
-                await session.scalars(
-                    select(OutboxMessage)
-                    .where(OutboxMessage.sent_at.is_(None), OutboxMessage.created_at <= cutoff)
-                    .order_by(OutboxMessage.created_at)
-                    .limit(self.BATCH)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = await session.execute(
+                select(*_EVENT_COLUMNS)
+                .where(OutboxMessage.sent_at.is_(None), OutboxMessage.created_at <= cutoff)
+                .order_by(OutboxMessage.created_at)
+                .limit(self.BATCH)
+                .with_for_update(skip_locked=True)
+            )
+            pending = msgspec.convert(rows.all(), list[Event], from_attributes=True)
             sent = await self._publish(pending, by="relay")
-            for message in pending:
-                if message.id in sent:
-                    message.sent_at = _now()
+            if sent:
+                await session.execute(_mark_sent(sent))
         if sent:
             log.info("outbox relayed", count=len(sent))
         return len(sent)
@@ -150,24 +164,20 @@ class Outbox:
         OUTBOX_PENDING.set(count)
         OUTBOX_OLDEST_AGE.set(age)
 
-    async def _publish(self, messages: Sequence[OutboxMessage], by: str) -> set[UUID]:
-        """Publish the messages; the ids of those the broker confirmed."""
-        confirmed = await self.publisher.publish_many(messages) if messages else []
-        sent = {message.id for message, ok in zip(messages, confirmed, strict=True) if ok}
-        for message in messages:
-            if message.id in sent:
-                EVENTS_PUBLISHED.labels(message.topic, by).inc()
-                with structlog.contextvars.bound_contextvars(request_id=message.request_id):
-                    log.info("event published", topic=message.topic, event_id=str(message.id), by=by)
+    async def _publish(self, events: Sequence[Event], by: str) -> set[UUID]:
+        """Publish the events; the ids of those the broker confirmed."""
+        confirmed = await self.publisher.publish_many(events) if events else []
+        sent = {event.id for event, ok in zip(events, confirmed, strict=True) if ok}
+        for event in events:
+            if event.id in sent:
+                EVENTS_PUBLISHED.labels(event.topic, by).inc()
+                with structlog.contextvars.bound_contextvars(request_id=event.request_id):
+                    log.info("event published", topic=event.topic, event_id=str(event.id), by=by)
         return sent
 
     async def _mark_sent(self, ids: set[UUID]) -> None:
         async with self.db.get_session() as session, session.begin():
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(ids), OutboxMessage.sent_at.is_(None))
-                .values(sent_at=_now())
-            )
+            await session.execute(_mark_sent(ids))
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -188,10 +198,15 @@ class Outbox:
             await self.publisher.close()
 
 
+def _mark_sent(ids: set[UUID]) -> Update:
+    unsent = OutboxMessage.sent_at.is_(None)
+    return update(OutboxMessage).where(OutboxMessage.id.in_(ids), unsent).values(sent_at=_now())
+
+
 class InProcessBus:
     """The publisher of the embedded default: hands each event straight to ``handler`` in this process."""
 
-    def __init__(self, handler: Callable[[OutboxMessage], Awaitable[None]]) -> None:
+    def __init__(self, handler: Callable[[Event], Awaitable[None]]) -> None:
         self.handler = handler
 
     async def connect(self) -> None:
@@ -200,13 +215,13 @@ class InProcessBus:
     async def close(self) -> None:
         return None
 
-    async def publish_many(self, messages: Sequence[OutboxMessage]) -> list[bool]:
-        return [await self._handle(message) for message in messages]  # one at a time: SQLite has one writer
+    async def publish_many(self, events: Sequence[Event]) -> list[bool]:
+        return [await self._handle(event) for event in events]  # one at a time: SQLite has one writer
 
-    async def _handle(self, message: OutboxMessage) -> bool:
+    async def _handle(self, event: Event) -> bool:
         try:
-            await self.handler(message)
+            await self.handler(event)
         except Exception:  # the event stays in the outbox and the relay retries it
-            log.exception("in-process event handler failed", event_id=str(message.id))
+            log.exception("in-process event handler failed", event_id=str(event.id))
             return False
         return True

@@ -81,11 +81,11 @@ class OrderController(Controller):
     async def list_own(
         self,
         request: AuthRequest,
-        orders: NamedDependency[OrderService],
+        order_reader: NamedDependency[OrderReader],
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> Response[list[OrderRead]]:
-        return await _page(orders, request.user.user_id, limit, offset)
+        return await _page(order_reader, request.user.user_id, limit, offset)
 
     @get(
         "/user/{user_id:str}",
@@ -98,13 +98,13 @@ class OrderController(Controller):
         self,
         request: AuthRequest,
         user_id: FromPath[UUID],
-        orders: NamedDependency[OrderService],
+        order_reader: NamedDependency[OrderReader],
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> Response[list[OrderRead]]:
         if not request.user.may_access(user_id):
             raise ForbiddenError("You may list your own orders only")
-        return await _page(orders, user_id, limit, offset)
+        return await _page(order_reader, user_id, limit, offset)
 
     @get(
         "/{order_id:str}",
@@ -137,6 +137,6 @@ class OrderController(Controller):
         return await orders.change_status(request.user, order_id, data.status)
 
 
-async def _page(orders: OrderService, user_id: UUID, limit: int, offset: int) -> Response[list[OrderRead]]:
-    page, total = await orders.page(user_id, limit, offset)
+async def _page(reader: OrderReader, user_id: UUID, limit: int, offset: int) -> Response[list[OrderRead]]:
+    page, total = await reader.page(user_id, limit, offset)
     return Response(page, headers={TOTAL_COUNT_HEADER: str(total)})

@@ -10,7 +10,7 @@ from uuid import UUID
 import msgspec
 from uuid_utils.compat import uuid7
 
-from app.lib.outbox import OutboxMessage
+from app.lib.outbox import Event
 from app.orders.schemas import OrderRead
 
 NEW_ORDER: Literal["new_order"] = "new_order"
@@ -35,7 +35,7 @@ def decode_new_order(body: bytes) -> NewOrder:
     return _decoder.decode(body)
 
 
-def new_order_message(order: OrderRead, request_id: str | None) -> OutboxMessage:
+def new_order_message(order: OrderRead, request_id: str | None) -> Event:
     """The outbox row announcing ``order``, to be written in the transaction that creates it."""
     event_id = uuid7()  # time-ordered, like every id here
     event = NewOrder(
@@ -46,7 +46,7 @@ def new_order_message(order: OrderRead, request_id: str | None) -> OutboxMessage
         total_price=order.total_price,
         occurred_at=order.created_at,
     )
-    return OutboxMessage(
+    return Event(
         id=event_id,
         topic=NEW_ORDER,
         payload=msgspec.json.encode(event),

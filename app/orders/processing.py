@@ -16,7 +16,7 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.lib.outbox import OutboxMessage
+from app.lib.outbox import Event
 from app.orders.cache import OrderCache
 from app.orders.events import decode_new_order
 from app.orders.models import Order
@@ -49,12 +49,10 @@ async def process_order(order_id: UUID, session: AsyncSession, cache: OrderCache
     return True
 
 
-def in_process_handler(
-    db: SQLAlchemyAsyncConfig, cache: OrderCache
-) -> Callable[[OutboxMessage], Awaitable[None]]:
+def in_process_handler(db: SQLAlchemyAsyncConfig, cache: OrderCache) -> Callable[[Event], Awaitable[None]]:
     """Processing for the embedded default's in-process bus, where no broker and no worker run."""
 
-    async def handle(message: OutboxMessage) -> None:
+    async def handle(message: Event) -> None:
         event = decode_new_order(message.payload)
         async with db.get_session() as session:
             await process_order(event.order_id, session, cache)

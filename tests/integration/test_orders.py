@@ -212,8 +212,9 @@ async def test_listing_pages_newest_first_with_the_total(
         f"/orders/user/{alice.id}/", params={"limit": 2, "offset": 2}, headers=alice.headers
     )
     everything = await client.get("/orders", headers=alice.headers)
+    past_the_end = await client.get("/orders", params={"offset": 5}, headers=alice.headers)
 
-    assert first.status_code == rest.status_code == everything.status_code == 200
+    assert first.status_code == rest.status_code == everything.status_code == past_the_end.status_code == 200
     newest_first = [order["id"] for order in reversed(placed)]
     assert [order["id"] for order in first.json()] == newest_first[:2]
     assert [order["id"] for order in rest.json()] == newest_first[2:4]
@@ -222,8 +223,10 @@ async def test_listing_pages_newest_first_with_the_total(
         first.headers["x-total-count"]
         == rest.headers["x-total-count"]
         == everything.headers["x-total-count"]
+        == past_the_end.headers["x-total-count"]
         == "5"
     )
+    assert past_the_end.json() == []
 
 
 async def test_listing_defaults_to_50_and_rejects_bad_pages(client: Client, alice: Account) -> None:
