@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from advanced_alchemy.extensions.litestar import AsyncSessionConfig, EngineConfig, SQLAlchemyAsyncConfig
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncConfig:
@@ -17,3 +18,9 @@ def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncC
         before_send_handler="autocommit",
         set_default_exception_handler=False,  # app.lib.errors answers for repository errors too
     )
+
+
+def autocommit_engine(config: SQLAlchemyAsyncConfig) -> AsyncEngine:
+    """The process's engine in autocommit mode, for work that is a single statement: no BEGIN and COMMIT
+    round trips, and the statement is atomic (and sees one snapshot) on its own. Shares the engine's pool."""
+    return config.get_engine().execution_options(isolation_level="AUTOCOMMIT")

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from uuid_utils.compat import uuid7
 
 from app.accounts.auth import Principal
+from app.lib.db import autocommit_engine
 from app.lib.errors import NotFoundError, UnprocessableError
 from app.lib.logging import current_request_id
 from app.lib.metrics import metric
@@ -143,8 +144,7 @@ class OrderReader:
 
     @functools.cached_property
     def _autocommit(self) -> AsyncEngine:
-        # Made on first use, inside the running process: the engine belongs to the process that uses it.
-        return self.db.get_engine().execution_options(isolation_level="AUTOCOMMIT")
+        return autocommit_engine(self.db)  # on first use: the engine belongs to the process that uses it
 
     async def read(
         self, principal: Principal, order_id: UUID, read_ahead: Mapping[str, bytes | None] | None = None

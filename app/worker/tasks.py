@@ -14,7 +14,7 @@ from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.lib.db import sqlalchemy_config
+from app.lib.db import autocommit_engine, sqlalchemy_config
 from app.lib.redis import create_redis
 from app.lib.stores import AtomicStore, create_stores
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
@@ -32,7 +32,8 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError, OSError,
 class WorkerRuntime:
     def __init__(self) -> None:
         self.runner = asyncio.Runner()
-        self.db = sqlalchemy_config(settings.database_url, pool_size=2)  # one task at a time per process
+        # One task at a time per process, each a single statement.
+        self.db = autocommit_engine(sqlalchemy_config(settings.database_url, pool_size=2))
         redis = (
             create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
         )
@@ -67,5 +68,4 @@ def process_order(self: Task[[str], bool], order_id: str) -> bool:
 
 async def _process(order_id: UUID) -> bool:
     worker = runtime()
-    async with worker.db.get_session() as session:
-        return await process(order_id, session, worker.cache)
+    return await process(order_id, worker.db, worker.cache)
