@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from advanced_alchemy.extensions.litestar import AsyncSessionConfig, EngineConfig, SQLAlchemyAsyncConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,10 +19,16 @@ def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncC
         # (auto_commit=True), so a failed commit is an error response, never a 2xx for lost data.
         before_send_handler="autocommit",
         set_default_exception_handler=False,  # app.lib.errors answers for repository errors too
+        enable_file_object_listener=False,  # no FileObject columns here; it would run on every commit
     )
 
 
 def autocommit_engine(config: SQLAlchemyAsyncConfig) -> AsyncEngine:
     """The process's engine in autocommit mode, for work that is a single statement: no BEGIN and COMMIT
     round trips, and the statement is atomic (and sees one snapshot) on its own. Shares the engine's pool."""
-    return config.get_engine().execution_options(isolation_level="AUTOCOMMIT")
+    return _autocommit(config.get_engine())
+
+
+@functools.cache  # deriving one costs more than the statement it runs saves
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import Index, LargeBinary, String, Table, Update, func, insert, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.lib.db import autocommit_engine
 from app.lib.metrics import metric
 
 log = structlog.get_logger(__name__)
@@ -176,8 +177,8 @@ class Outbox:
         return sent
 
     async def _mark_sent(self, ids: set[UUID]) -> None:
-        async with self.db.get_session() as session, session.begin():
-            await session.execute(_mark_sent(ids))
+        async with autocommit_engine(self.db).connect() as connection:
+            await connection.execute(_mark_sent(ids))
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

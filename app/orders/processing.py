@@ -7,7 +7,6 @@ it again for the same order changes nothing, which makes duplicate events harmle
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import cast
@@ -62,9 +61,8 @@ async def process_order(order_id: UUID, db: AsyncEngine, cache: OrderCache) -> b
 
 def in_process_handler(db: SQLAlchemyAsyncConfig, cache: OrderCache) -> Callable[[Event], Awaitable[None]]:
     """Processing for the embedded default's in-process bus, where no broker and no worker run."""
-    engine = functools.cache(lambda: autocommit_engine(db))  # made in the process that runs the app
 
     async def handle(message: Event) -> None:
-        await process_order(decode_new_order(message.payload).order_id, engine(), cache)
+        await process_order(decode_new_order(message.payload).order_id, autocommit_engine(db), cache)
 
     return handle

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 from prometheus_client import Counter
 from sqlalchemy import Table, bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from app.accounts.auth import Principal
@@ -142,10 +141,6 @@ class OrderReader:
         self.cache = cache
         self.db = db
 
-    @functools.cached_property
-    def _autocommit(self) -> AsyncEngine:
-        return autocommit_engine(self.db)  # on first use: the engine belongs to the process that uses it
-
     async def read(
         self, principal: Principal, order_id: UUID, read_ahead: Mapping[str, bytes | None] | None = None
     ) -> OrderRead:
@@ -162,7 +157,7 @@ class OrderReader:
         itself, and none of them would be changed.
         """
         parameters = {"user_id": user_id, "limit": limit, "offset": offset}
-        async with self._autocommit.connect() as connection:
+        async with autocommit_engine(self.db).connect() as connection:
             rows = (await connection.execute(_PAGE, parameters)).all()
             if not rows:  # past the last page, the total has no row to ride on
                 return [], await connection.scalar(_TOTAL, parameters) or 0
