@@ -31,6 +31,7 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
     """Settings for an app under test: real services, cheap Argon2, generous limits, its own Redis keys."""
     values: dict[str, Any] = {
         "database_url": database_url,
+        "database_pool_size": 5,  # several test runs may share one PostgreSQL and its max_connections
         "redis_url": REDIS_URL,
         "redis_key_prefix": f"test-{uuid4().hex}",
         "amqp_url": AMQP_URL,
