@@ -37,8 +37,9 @@ worker:
 flower:
     uv run celery -A app.worker flower --address=127.0.0.1 --port=5555
 
-# Benchmark the service as production runs it and write bench/RESULTS.md (needs wrk; see that file).
+# Benchmark the service as production runs it and write bench/RESULTS.md (installs wrk if it is missing).
 bench *args:
+    @command -v wrk >/dev/null || apt-get install -y wrk || (echo "install wrk, the load generator" >&2; exit 1)
     uv run python bench/run.py {{args}}
 
 # Create an admin account (password prompted, or taken from $ADMIN_PASSWORD).
