@@ -176,3 +176,17 @@ async def test_logs_carry_request_ids_but_never_passwords_or_tokens(
     assert "another secret password" not in logged
     assert account.tokens["access_token"] not in logged
     assert account.tokens["refresh_token"] not in logged
+
+
+async def test_the_traceback_of_an_unexpected_error_shows_no_passwords(
+    capsys: pytest.CaptureFixture[str], settings: Settings
+) -> None:
+    assert settings.log_format == "console"  # the development default, where tracebacks are pretty
+    broken = same_stores(settings, database_url="postgresql+asyncpg://postgres@127.0.0.1:1/orders")
+    async with serving(broken) as client:
+        response = await client.post("/token", data={"username": "ada@example.com", "password": PASSWORD})
+
+    assert response.status_code == 500
+    logged = capsys.readouterr().err
+    assert "Traceback" in logged
+    assert PASSWORD not in logged  # a traceback with each frame's local variables would show the form
