@@ -85,9 +85,36 @@ async def test_a_foreign_origin_gets_no_cors_headers(cors_client: Client) -> Non
         "/users/me", headers={"Origin": "https://evil.example.net", "Access-Control-Request-Method": "GET"}
     )
     simple = await cors_client.get("/health", headers={"Origin": "https://evil.example.net"})
+    refused = await cors_client.get("/users/me", headers={"Origin": "https://evil.example.net"})
 
-    assert "access-control-allow-origin" not in preflight.headers
-    assert "access-control-allow-origin" not in simple.headers
+    for response in (preflight, simple, refused):
+        assert not [name for name in response.headers if name.lower().startswith("access-control-")]
+    assert simple.status_code == 200
+    assert refused.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "reason"),
+    [("https://evil.example.net", "GET", "Origin"), (ORIGIN, "PUT", "method")],
+)
+async def test_a_refused_preflight_is_a_problem_document(
+    cors_client: Client, origin: str, method: str, reason: str
+) -> None:
+    response = await cors_client.options(
+        "/orders", headers={"Origin": origin, "Access-Control-Request-Method": method}
+    )
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json() == {"status": 400, "title": "Bad Request", "detail": f"Disallowed CORS {reason}"}
+    assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_a_simple_request_from_an_allowed_origin_may_read_the_api_headers(cors_client: Client) -> None:
+    response = await cors_client.get("/health", headers={"Origin": ORIGIN})
+
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "X-Request-ID" in response.headers["access-control-expose-headers"]
 
 
 async def test_every_response_carries_a_request_id(client: Client) -> None:
