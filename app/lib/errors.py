@@ -73,7 +73,13 @@ class ProblemDetails(msgspec.Struct):
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the errors an operation can answer with."""
+    """OpenAPI entries for the errors an operation can answer with.
+
+    An operation that validates input (422) also answers 400 for a body that can't be parsed at all; listing
+    it here replaces the entry Litestar adds by itself, which shows its own error shape, not this service's.
+    """
+    if HTTPStatus.UNPROCESSABLE_ENTITY in statuses:
+        statuses = (HTTPStatus.BAD_REQUEST, *statuses)
     return {
         status: ResponseSpec(
             data_container=ProblemDetails,

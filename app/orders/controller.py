@@ -35,8 +35,11 @@ READS_CACHED_ORDER = "reads_cached_order"
 """Handler ``opt`` key: the handler reads the cache entry of the ``order_id`` in its path (read it ahead)."""
 REPLAYED_HEADER = "Idempotent-Replayed"
 TOTAL_COUNT_HEADER = "X-Total-Count"
+# Documentation only: ``value`` is there to give the header a schema (OpenAPI requires one).
 PAGE_HEADERS = [
-    ResponseHeader(name=TOTAL_COUNT_HEADER, description="Orders in all pages.", documentation_only=True)
+    ResponseHeader(
+        name=TOTAL_COUNT_HEADER, value="51", description="Orders in all pages.", documentation_only=True
+    )
 ]
 
 
@@ -54,6 +57,7 @@ class OrderController(Controller):
         response_headers=[
             ResponseHeader(
                 name=REPLAYED_HEADER,
+                value="true",
                 description="`true` when the Idempotency-Key was seen before and this is its first order.",
                 documentation_only=True,
             )

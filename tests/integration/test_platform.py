@@ -176,6 +176,38 @@ async def test_openapi_document_lets_a_client_log_in(client: Client) -> None:
     assert "password_hash" not in response.text
 
 
+async def test_openapi_document_describes_what_the_service_answers(client: Client) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    responses = {
+        f"{method.upper()} {path} {status}": response
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        for status, response in operation["responses"].items()
+    }
+
+    # an oauth2 scheme carries its flows only: the fields of apiKey and http schemes make the document invalid
+    assert [set(scheme) for scheme in document["components"]["securitySchemes"].values()] == [
+        {"type", "description", "flows"}
+    ]
+    # every error is documented as what it is: a problem document (400 for unparsable input included)
+    errors = {
+        name: response
+        for name, response in responses.items()
+        # the readiness 503 is a report, not an error
+        if name.rsplit(" ", 1)[1] >= "400" and not name.startswith("GET /health/ready")
+    }
+    assert "POST /orders 400" in errors
+    for name, response in errors.items():
+        assert list(response["content"]) == ["application/problem+json"], name
+        assert response["content"]["application/problem+json"]["schema"] == {
+            "$ref": "#/components/schemas/ProblemDetails"
+        }, name
+    # OpenAPI requires a header to have a schema
+    headers = [header for response in responses.values() for header in response.get("headers", {}).values()]
+    assert headers
+    assert all("schema" in header for header in headers)
+
+
 @pytest.mark.parametrize("path", ["/schema/swagger", "/schema/redoc", "/schema/scalar"])
 async def test_documentation_pages_are_served(client: Client, path: str) -> None:
     response = await client.get(path)
