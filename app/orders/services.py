@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import msgspec
@@ -15,7 +15,7 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 from prometheus_client import Counter
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import CursorResult, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
@@ -84,15 +84,21 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
                     await session.execute(
                         insert(OrderIdempotencyKey).values(user_id=user_id, key=idempotency_key, **record)
                     )
-                else:  # the key's expired record, taken over
-                    await session.execute(
+                    first_with_key = True
+                else:  # the key's expired record, taken over unless a concurrent request took it over first
+                    taken_over = await session.execute(
                         update(OrderIdempotencyKey)
                         .where(
-                            OrderIdempotencyKey.user_id == user_id, OrderIdempotencyKey.key == idempotency_key
+                            OrderIdempotencyKey.user_id == user_id,
+                            OrderIdempotencyKey.key == idempotency_key,
+                            OrderIdempotencyKey.created_at == remembered.created_at,
                         )
                         .values(**record)
                     )
-            except sqlalchemy.exc.IntegrityError:  # a concurrent request with this key committed first
+                    first_with_key = cast("CursorResult[Any]", taken_over).rowcount == 1
+            except sqlalchemy.exc.IntegrityError:
+                first_with_key = False
+            if not first_with_key:  # a concurrent request with this key committed first
                 await session.rollback()
                 first = await keys.get_one(user_id=user_id, key=idempotency_key)
                 return await self._replay(first, fingerprint), True
