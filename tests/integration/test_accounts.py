@@ -104,6 +104,28 @@ async def test_wrong_password_and_unknown_user_fail_alike(client: Client) -> Non
     assert wrong_password.json() == unknown_user.json()
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"grant_type": "password"},
+        {"grant_type": "", "scope": "", "client_id": "", "client_secret": ""},  # as FastAPI's docs send it
+        {"client_id": "swagger-ui", "scope": "read write"},
+    ],
+)
+async def test_login_takes_the_whole_oauth2_password_form(client: Client, extra: dict[str, str]) -> None:
+    account = await register(client)
+    response = await client.post("/token", data={**extra, "username": account.email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+
+
+async def test_login_refuses_another_grant_type(client: Client) -> None:
+    account = await register(client)
+    form = {"grant_type": "client_credentials", "username": account.email, "password": PASSWORD}
+    response = await client.post("/token", data=form)
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["grant_type"]
+
+
 async def test_login_form_without_password_is_422(client: Client) -> None:
     response = await client.post("/token", data={"username": new_email()})
     assert response.status_code == 422
