@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -65,6 +66,24 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
     assert (tmp_path / "orders.db").exists()
     assert ready["dependencies"]["database"]["status"] == "ok"
     assert ready["dependencies"]["redis"]["status"] == "not configured"
+
+
+def test_a_failed_upgrade_on_the_sqlite_default_leaves_nothing_behind(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "orders.db") as database:
+        database.execute("CREATE TABLE outbox (id INTEGER)")  # the last migration will fail on it
+
+    failed = subprocess.run(
+        [BIN / "alembic", "-c", ROOT / "alembic.ini", "upgrade", "head"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        check=False,
+    )
+
+    assert failed.returncode != 0
+    with sqlite3.connect(tmp_path / "orders.db") as database:
+        tables = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"outbox"}  # one transaction: the migrations before the failing one were rolled back
 
 
 @contextmanager
