@@ -29,7 +29,8 @@ IdempotencyKey = Annotated[
     ),
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Page size (at most 100).")]
-Offset = Annotated[int, QueryParameter(ge=0, description="Orders to skip.")]
+MAX_OFFSET = 2**63 - 1  # the largest OFFSET the databases take (a 64-bit integer); past it they fail
+Offset = Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET, description="Orders to skip.")]
 
 READS_CACHED_ORDER = "reads_cached_order"
 """Handler ``opt`` key: the handler reads the cache entry of the ``order_id`` in its path (read it ahead)."""
