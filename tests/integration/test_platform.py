@@ -49,6 +49,23 @@ async def test_a_broken_database_is_a_500_that_leaks_nothing(settings: Settings)
     }
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "Expected a value, got none"),
+        (b"null", "Expected `object`, got `null`"),
+        (b"[]", "Expected `object`, got `array`"),
+    ],
+)
+async def test_a_body_that_is_no_object_is_422_naming_the_body(
+    client: Client, body: bytes, message: str
+) -> None:
+    response = await client.post("/register", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "body", "message": message}]
+
+
 async def test_an_oversized_body_is_413(client: Client) -> None:
     response = await client.post(
         "/register",
