@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import app.accounts.models
 import app.lib.outbox
 import app.orders.models  # noqa: F401 - importing the models registers their tables
-from app.config import Settings
+from app.config import Settings, SettingsError
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -25,7 +25,10 @@ target_metadata = orm_registry.metadata
 
 
 def database_url() -> str:
-    return config.attributes.get("database_url") or Settings.from_env().database_url
+    try:
+        return config.attributes.get("database_url") or Settings.from_env().database_url
+    except SettingsError as exc:
+        raise SystemExit(f"orders: {exc}") from None  # what is wrong, as the service says it, no traceback
 
 
 def configure(**options: object) -> None:

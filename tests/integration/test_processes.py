@@ -86,6 +86,22 @@ def test_a_failed_upgrade_on_the_sqlite_default_leaves_nothing_behind(tmp_path: 
     assert tables == {"outbox"}  # one transaction: the migrations before the failing one were rolled back
 
 
+def test_migrations_in_production_refuse_the_defaults_as_the_service_does(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [BIN / "alembic", "-c", ROOT / "alembic.ini", "upgrade", "head"],
+        cwd=tmp_path,
+        env=clean_env(APP_ENV="production"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert refused.returncode != 0
+    assert "APP_ENV=production refuses to start: DATABASE_URL must be set" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "orders.db").exists()
+
+
 @contextmanager
 def production_api(database_url: str, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`just serve`: ``python -m app.serve`` (granian, two workers) with production settings."""
