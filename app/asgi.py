@@ -25,6 +25,7 @@ from app.accounts.controller import AccountController
 from app.accounts.revocations import RevokedSessions
 from app.config import Settings, SettingsError
 from app.lib.broker import AmqpPublisher, Topology
+from app.lib.cors import CORSRefusals
 from app.lib.db import sqlalchemy_config
 from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         else InProcessBus(in_process_handler(db, order_cache))
     )
     outbox = Outbox(db, publisher, settings.outbox_relay_interval_seconds)
+    cors = _cors(settings)
 
     app = Litestar(
         route_handlers=[AccountController, OrderController, HealthController, MetricsController, docs],
@@ -110,13 +112,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         stores=stores,
         lifespan=[outbox.running()],
-        cors_config=_cors(settings),
+        cors_config=cors,
         openapi_config=_openapi(auth.openapi_components),
         on_shutdown=[redis.aclose] if redis is not None else [],
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
         debug=False,
     )
+    if cors is not None:  # around Litestar's CORS middleware: its refusals become problem documents
+        app.asgi_handler = CORSRefusals(app.asgi_handler, cors)
     # Outermost, so that every response (exception handler ones included) carries the request id.
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     return app

@@ -102,8 +102,12 @@ class Pipeline:
     def start(self) -> None:
         self.worker.start()
         self.consumer.start()
-        wait_for(lambda: "consuming" in self.consumer.log(), "the consumer to start", timeout=30)
-        wait_for(lambda: "ready." in self.worker.log(), "the worker to start", timeout=60)
+        try:
+            wait_for(lambda: "consuming" in self.consumer.log(), "the consumer to start", timeout=30)
+            wait_for(lambda: "ready." in self.worker.log(), "the worker to start", timeout=60)
+        except AssertionError:
+            self.stop()  # a fixture whose setup fails is not torn down: leave no process behind
+            raise
 
     def stop(self) -> None:
         self.consumer.stop()

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar.connection import ASGIConnection
-from litestar.openapi.spec import SecurityRequirement
+from litestar.openapi.spec import Components, OAuthFlows, SecurityRequirement, SecurityScheme
 from litestar.security.jwt import OAuth2PasswordBearerAuth
 
 from app.accounts.models import Role
@@ -39,9 +39,21 @@ class Principal:
         return owner_id == self.user_id or self.is_admin
 
 
-def bearer_auth(
-    codec: TokenCodec, revoked: RevokedSessions, db_config: SQLAlchemyAsyncConfig
-) -> OAuth2PasswordBearerAuth[Principal, SessionToken]:
+class BearerAuth(OAuth2PasswordBearerAuth[Principal, SessionToken]):
+    @property
+    def openapi_components(self) -> Components:
+        """The OAuth2 password flow scheme. Litestar's own also sets fields of the ``apiKey`` and ``http``
+        schemes (``in``, ``name``, ``scheme``, ``bearerFormat``) that OpenAPI 3.1 forbids on ``oauth2``."""
+        return Components(
+            security_schemes={
+                self.openapi_security_scheme_name: SecurityScheme(
+                    type="oauth2", flows=OAuthFlows(password=self.oauth_flow), description=self.description
+                )
+            }
+        )
+
+
+def bearer_auth(codec: TokenCodec, revoked: RevokedSessions, db_config: SQLAlchemyAsyncConfig) -> BearerAuth:
     """Litestar's OAuth2 bearer authentication with this service's token rules and revocation check."""
 
     async def principal_from_token(
@@ -61,7 +73,7 @@ def bearer_auth(
             read_ahead_values(connection.scope),
         )
 
-    return OAuth2PasswordBearerAuth[Principal, SessionToken](
+    return BearerAuth(
         token_url=TOKEN_URL,
         token_secret=codec.secret,
         algorithm=codec.algorithm,

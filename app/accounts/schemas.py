@@ -28,11 +28,15 @@ class Registration(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PasswordGrant(msgspec.Struct):
-    """The OAuth2 password grant form. Other OAuth2 fields (client_id, ...) are accepted and ignored."""
+    """The OAuth2 password grant form. Other OAuth2 fields (client_id, ...) are accepted and ignored.
+
+    An empty ``grant_type`` counts as absent, as the seed services' FastAPI form did: their clients send
+    ``grant_type=&username=...`` (FastAPI's own documented example).
+    """
 
     username: Annotated[str, msgspec.Meta(min_length=1, max_length=254, description="The account's email.")]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    grant_type: Literal["password"] | None = None
+    grant_type: Literal["password", ""] | None = None
     scope: str = ""
 
 

@@ -73,7 +73,13 @@ class ProblemDetails(msgspec.Struct):
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the errors an operation can answer with."""
+    """OpenAPI entries for the errors an operation can answer with.
+
+    An operation that validates input (422) also answers 400 for a body that can't be parsed at all; listing
+    it here replaces the entry Litestar adds by itself, which shows its own error shape, not this service's.
+    """
+    if HTTPStatus.UNPROCESSABLE_ENTITY in statuses:
+        statuses = (HTTPStatus.BAD_REQUEST, *statuses)
     return {
         status: ResponseSpec(
             data_container=ProblemDetails,
@@ -111,7 +117,7 @@ def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
 def _from_validation_exception(exc: ValidationException) -> ProblemDetailsException:
     """Litestar reports invalid input as 400; it is 422 here, with each failing field named."""
     errors = [
-        {"field": _failing_field(error), "message": error.get("message", "is invalid")}
+        {"field": _failing_field(error), "message": _message(error)}
         for error in exc.extra or []
         if isinstance(error, dict)
     ]
@@ -121,11 +127,18 @@ def _from_validation_exception(exc: ValidationException) -> ProblemDetailsExcept
 
 def _failing_field(error: dict[str, Any]) -> str:
     """Litestar names the parameter or the object (``data`` for the body), the field is often only in the
-    message. Report the field itself: ``password``, or ``items[0].price`` inside a nested object."""
+    message. Report the field itself: ``password``, or ``items[0].price`` inside a nested object, and
+    ``body`` for the body as a whole."""
     key = error.get("key") or error.get("source") or "body"
     if match := _FIELD_IN_MESSAGE.search(str(error.get("message", ""))):
         return match["field"] if key == "data" else f"{key}.{match['field']}"
-    return str(key)
+    return "body" if key == "data" else str(key)
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = str(error.get("message", "is invalid"))
+    # What Litestar reports for an input that is absent altogether (an empty body): the KeyError it caught.
+    return "Expected a value, got none" if message == repr(error.get("key")) else message
 
 
 def _from_repository_error(exc: repository_errors.RepositoryError) -> ProblemDetailsException:

@@ -38,7 +38,9 @@ def configure_logging(*, level: str, as_json: bool) -> None:
     renderer: Processor = (
         structlog.processors.JSONRenderer(serializer=_json)
         if as_json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        # A plain traceback: structlog's default (rich, when installed) prints every frame's local variables,
+        # passwords and tokens included, and takes seconds of the event loop to render.
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info if as_json else _keep, renderer],

@@ -37,7 +37,8 @@ class PasswordHasher:
             time_cost=time_cost, memory_cost=memory_cost_kib, parallelism=parallelism, type=argon2.Type.ID
         )
         self._limiter = anyio.CapacityLimiter(concurrency)
-        self._decoy_hash: str | None = None
+        # Made now, once per process: made on the first unknown email, it would make that login slower.
+        self._decoy_hash = self._argon2.hash(uuid4().hex)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PasswordHasher:
@@ -56,8 +57,6 @@ class PasswordHasher:
 
     async def verify_decoy(self, password: str) -> None:
         """Spend the time of a real verification, so an unknown account can't be told apart by timing."""
-        if self._decoy_hash is None:
-            self._decoy_hash = await self.hash(uuid4().hex)
         await self.verify(self._decoy_hash, password)
 
     def needs_rehash(self, password_hash: str) -> bool:

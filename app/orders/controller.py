@@ -29,14 +29,18 @@ IdempotencyKey = Annotated[
     ),
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Page size (at most 100).")]
-Offset = Annotated[int, QueryParameter(ge=0, description="Orders to skip.")]
+MAX_OFFSET = 2**63 - 1  # the largest OFFSET the databases take (a 64-bit integer); past it they fail
+Offset = Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET, description="Orders to skip.")]
 
 READS_CACHED_ORDER = "reads_cached_order"
 """Handler ``opt`` key: the handler reads the cache entry of the ``order_id`` in its path (read it ahead)."""
 REPLAYED_HEADER = "Idempotent-Replayed"
 TOTAL_COUNT_HEADER = "X-Total-Count"
+# Documentation only: ``value`` is there to give the header a schema (OpenAPI requires one).
 PAGE_HEADERS = [
-    ResponseHeader(name=TOTAL_COUNT_HEADER, description="Orders in all pages.", documentation_only=True)
+    ResponseHeader(
+        name=TOTAL_COUNT_HEADER, value="51", description="Orders in all pages.", documentation_only=True
+    )
 ]
 
 
@@ -54,6 +58,7 @@ class OrderController(Controller):
         response_headers=[
             ResponseHeader(
                 name=REPLAYED_HEADER,
+                value="true",
                 description="`true` when the Idempotency-Key was seen before and this is its first order.",
                 documentation_only=True,
             )

@@ -10,18 +10,20 @@ from uuid import UUID
 
 import msgspec
 import sqlalchemy.exc
+from advanced_alchemy.exceptions import RepositoryError
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 from prometheus_client import Counter
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 from uuid_utils.compat import uuid7
 
 from app.accounts.auth import Principal
 from app.lib.db import autocommit_engine
-from app.lib.errors import NotFoundError, UnprocessableError
+from app.lib.errors import ConflictError, NotFoundError, UnprocessableError
 from app.lib.logging import current_request_id
 from app.lib.metrics import metric
 from app.lib.outbox import INSERT_EVENT, Outbox
@@ -84,15 +86,21 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
                     await session.execute(
                         insert(OrderIdempotencyKey).values(user_id=user_id, key=idempotency_key, **record)
                     )
-                else:  # the key's expired record, taken over
-                    await session.execute(
+                    first_with_key = True
+                else:  # the key's expired record, taken over unless a concurrent request took it over first
+                    taken_over = await session.execute(
                         update(OrderIdempotencyKey)
                         .where(
-                            OrderIdempotencyKey.user_id == user_id, OrderIdempotencyKey.key == idempotency_key
+                            OrderIdempotencyKey.user_id == user_id,
+                            OrderIdempotencyKey.key == idempotency_key,
+                            OrderIdempotencyKey.created_at == remembered.created_at,
                         )
                         .values(**record)
                     )
-            except sqlalchemy.exc.IntegrityError:  # a concurrent request with this key committed first
+                    first_with_key = cast("CursorResult[Any]", taken_over).rowcount == 1
+            except sqlalchemy.exc.IntegrityError:
+                first_with_key = False
+            if not first_with_key:  # a concurrent request with this key committed first
                 await session.rollback()
                 first = await keys.get_one(user_id=user_id, key=idempotency_key)
                 return await self._replay(first, data), True
@@ -103,13 +111,24 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
         return order, False
 
     async def change_status(self, principal: Principal, order_id: UUID, status: OrderStatus) -> OrderRead:
-        order = await self.get_one_or_none(id=order_id, with_for_update=True)
-        if order is None or not principal.may_access(order.user_id):
-            raise NotFoundError(NOT_FOUND)
-        check_transition(order.status, status)
-        order.status = status
-        order = await self.update(order, auto_commit=True)
-        return await self.cache.put(order)
+        """Move the order to ``status``. The row is locked on PostgreSQL; SQLite locks nothing, so there a
+        write that committed in between (the order's processing, on the embedded default) shows up as a
+        version conflict, and the change is checked and made again on the fresh row."""
+        for _ in range(3):
+            order = await self.get_one_or_none(id=order_id, with_for_update=True)
+            if order is None or not principal.may_access(order.user_id):
+                raise NotFoundError(NOT_FOUND)
+            check_transition(order.status, status)
+            order.status = status
+            try:
+                order = await self.update(order, auto_commit=True)
+            except RepositoryError as exc:
+                if not isinstance(exc.__cause__, StaleDataError):
+                    raise
+                await self.repository.session.rollback()
+                continue
+            return await self.cache.put(order)
+        raise ConflictError("The order kept changing while it was being updated; try again")
 
     async def _replay(self, remembered: OrderIdempotencyKey, data: OrderCreate) -> OrderRead:
         if remembered.fingerprint != data.fingerprint():

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from logging.config import fileConfig
+from typing import Any
 
 from advanced_alchemy.base import orm_registry
 from alembic import context
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import app.accounts.models
 import app.lib.outbox
 import app.orders.models  # noqa: F401 - importing the models registers their tables
-from app.config import Settings
+from app.config import Settings, SettingsError
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -23,7 +25,10 @@ target_metadata = orm_registry.metadata
 
 
 def database_url() -> str:
-    return config.attributes.get("database_url") or Settings.from_env().database_url
+    try:
+        return config.attributes.get("database_url") or Settings.from_env().database_url
+    except SettingsError as exc:
+        raise SystemExit(f"orders: {exc}") from None  # what is wrong, as the service says it, no traceback
 
 
 def configure(**options: object) -> None:
@@ -31,6 +36,7 @@ def configure(**options: object) -> None:
     context.configure(
         target_metadata=target_metadata,
         render_as_batch=url.startswith("sqlite"),  # SQLite alters tables by copying them
+        transactional_ddl=True,  # SQLite's DDL is transactional too, once the driver lets it (see below)
         compare_type=True,
         transaction_per_migration=False,  # one transaction for the whole upgrade
         **options,
@@ -49,8 +55,24 @@ def run_sync(connection: Connection) -> None:
         context.run_migrations()
 
 
+def transactional_sqlite(engine: Engine) -> None:
+    """The sqlite3 driver (under aiosqlite) begins no transaction before DDL, so each CREATE or ALTER would
+    commit on its own and a failed upgrade stay half done. SQLAlchemy's recipe: the driver keeps out of
+    transactions, SQLAlchemy emits BEGIN itself."""
+
+    @event.listens_for(engine, "connect")
+    def no_driver_transactions(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
 async def run_online() -> None:
     engine = create_async_engine(database_url())
+    if engine.dialect.name == "sqlite":
+        transactional_sqlite(engine.sync_engine)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_sync)

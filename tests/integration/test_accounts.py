@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
+import argon2
 import pytest
 from httpx import AsyncClient
 
@@ -102,6 +104,51 @@ async def test_wrong_password_and_unknown_user_fail_alike(client: Client) -> Non
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Bearer"
     assert wrong_password.json() == unknown_user.json()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"grant_type": "password"},
+        {"grant_type": "", "scope": "", "client_id": "", "client_secret": ""},  # as FastAPI's docs send it
+        {"client_id": "swagger-ui", "scope": "read write"},
+    ],
+)
+async def test_login_takes_the_whole_oauth2_password_form(client: Client, extra: dict[str, str]) -> None:
+    account = await register(client)
+    response = await client.post("/token", data={**extra, "username": account.email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+
+
+async def test_login_refuses_another_grant_type(client: Client) -> None:
+    account = await register(client)
+    form = {"grant_type": "client_credentials", "username": account.email, "password": PASSWORD}
+    response = await client.post("/token", data=form)
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["grant_type"]
+
+
+async def test_wrong_password_and_unknown_user_cost_the_same_hashing(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = await register(client)
+    computed: list[str] = []
+    for operation in ("hash", "verify"):
+        original = getattr(argon2.PasswordHasher, operation)
+
+        def counted(self: Any, *args: Any, _original: Any = original, _name: str = operation) -> Any:
+            computed.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(argon2.PasswordHasher, operation, counted)
+
+    costs = []
+    for username, password in [(new_email(), PASSWORD), (account.email, "not the password")] * 2:
+        computed.clear()
+        assert (await token_request(client, username, password)).status_code == 401
+        costs.append(list(computed))
+
+    assert costs == [["verify"]] * 4  # the first unknown email included: no decoy hash made on the way
 
 
 async def test_login_form_without_password_is_422(client: Client) -> None:

@@ -235,7 +235,17 @@ async def test_listing_defaults_to_50_and_rejects_bad_pages(client: Client, alic
     page = await client.get("/orders", headers=alice.headers)
     assert len(page.json()) == 50
     assert page.headers["x-total-count"] == "51"
-    for params in ({"limit": 0}, {"limit": 101}, {"limit": 1_000_000}, {"offset": -1}, {"limit": "many"}):
+    far = await client.get("/orders", params={"offset": 2**63 - 1}, headers=alice.headers)
+    assert far.json() == []
+    assert far.headers["x-total-count"] == "51"
+    for params in (
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": 1_000_000},
+        {"offset": -1},
+        {"offset": 2**63},  # past what the database takes
+        {"limit": "many"},
+    ):
         response = await client.get("/orders", params=params, headers=alice.headers)
         assert response.status_code == 422, params
 
@@ -350,3 +360,33 @@ async def test_a_key_older_than_24_hours_creates_a_new_order(
     assert again.json()["id"] != first["id"]
     assert "idempotent-replayed" not in again.headers
     assert retry.json()["id"] == again.json()["id"]
+
+
+async def test_concurrent_retries_after_24_hours_create_one_new_order(
+    client: Client, settings: Settings, alice: Account
+) -> None:
+    headers = {**alice.headers, "Idempotency-Key": "weekly-restock"}
+    first = (await client.post("/orders", json=order_body("5.00"), headers=headers)).json()
+    connection = await asyncpg.connect(settings.database_url.replace("+asyncpg", ""))
+    try:
+        await connection.execute(
+            "UPDATE order_idempotency_key SET created_at = now() - interval '25 hours' WHERE order_id = $1",
+            UUID(first["id"]),
+        )
+        # Hold the key's row until every retry has seen it expired and waits to take it over.
+        async with connection.transaction():
+            await connection.execute(
+                "SELECT 1 FROM order_idempotency_key WHERE order_id = $1 FOR UPDATE", UUID(first["id"])
+            )
+            retries = asyncio.gather(
+                *(client.post("/orders", json=order_body("5.00"), headers=headers) for _ in range(8))
+            )
+            await asyncio.sleep(0.5)
+        answers = await retries
+    finally:
+        await connection.close()
+
+    assert {response.status_code for response in answers} == {201}
+    assert len({response.json()["id"] for response in answers}) == 1
+    assert answers[0].json()["id"] != first["id"]
+    assert (await client.get("/orders", headers=alice.headers)).headers["x-total-count"] == "2"

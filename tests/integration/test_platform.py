@@ -49,6 +49,23 @@ async def test_a_broken_database_is_a_500_that_leaks_nothing(settings: Settings)
     }
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "Expected a value, got none"),
+        (b"null", "Expected `object`, got `null`"),
+        (b"[]", "Expected `object`, got `array`"),
+    ],
+)
+async def test_a_body_that_is_no_object_is_422_naming_the_body(
+    client: Client, body: bytes, message: str
+) -> None:
+    response = await client.post("/register", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "body", "message": message}]
+
+
 async def test_an_oversized_body_is_413(client: Client) -> None:
     response = await client.post(
         "/register",
@@ -85,9 +102,36 @@ async def test_a_foreign_origin_gets_no_cors_headers(cors_client: Client) -> Non
         "/users/me", headers={"Origin": "https://evil.example.net", "Access-Control-Request-Method": "GET"}
     )
     simple = await cors_client.get("/health", headers={"Origin": "https://evil.example.net"})
+    refused = await cors_client.get("/users/me", headers={"Origin": "https://evil.example.net"})
 
-    assert "access-control-allow-origin" not in preflight.headers
-    assert "access-control-allow-origin" not in simple.headers
+    for response in (preflight, simple, refused):
+        assert not [name for name in response.headers if name.lower().startswith("access-control-")]
+    assert simple.status_code == 200
+    assert refused.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "reason"),
+    [("https://evil.example.net", "GET", "Origin"), (ORIGIN, "PUT", "method")],
+)
+async def test_a_refused_preflight_is_a_problem_document(
+    cors_client: Client, origin: str, method: str, reason: str
+) -> None:
+    response = await cors_client.options(
+        "/orders", headers={"Origin": origin, "Access-Control-Request-Method": method}
+    )
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json() == {"status": 400, "title": "Bad Request", "detail": f"Disallowed CORS {reason}"}
+    assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_a_simple_request_from_an_allowed_origin_may_read_the_api_headers(cors_client: Client) -> None:
+    response = await cors_client.get("/health", headers={"Origin": ORIGIN})
+
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "X-Request-ID" in response.headers["access-control-expose-headers"]
 
 
 async def test_every_response_carries_a_request_id(client: Client) -> None:
@@ -149,6 +193,38 @@ async def test_openapi_document_lets_a_client_log_in(client: Client) -> None:
     assert "password_hash" not in response.text
 
 
+async def test_openapi_document_describes_what_the_service_answers(client: Client) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    responses = {
+        f"{method.upper()} {path} {status}": response
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        for status, response in operation["responses"].items()
+    }
+
+    # an oauth2 scheme carries its flows only: the fields of apiKey and http schemes make the document invalid
+    assert [set(scheme) for scheme in document["components"]["securitySchemes"].values()] == [
+        {"type", "description", "flows"}
+    ]
+    # every error is documented as what it is: a problem document (400 for unparsable input included)
+    errors = {
+        name: response
+        for name, response in responses.items()
+        # the readiness 503 is a report, not an error
+        if name.rsplit(" ", 1)[1] >= "400" and not name.startswith("GET /health/ready")
+    }
+    assert "POST /orders 400" in errors
+    for name, response in errors.items():
+        assert list(response["content"]) == ["application/problem+json"], name
+        assert response["content"]["application/problem+json"]["schema"] == {
+            "$ref": "#/components/schemas/ProblemDetails"
+        }, name
+    # OpenAPI requires a header to have a schema
+    headers = [header for response in responses.values() for header in response.get("headers", {}).values()]
+    assert headers
+    assert all("schema" in header for header in headers)
+
+
 @pytest.mark.parametrize("path", ["/schema/swagger", "/schema/redoc", "/schema/scalar"])
 async def test_documentation_pages_are_served(client: Client, path: str) -> None:
     response = await client.get(path)
@@ -176,3 +252,17 @@ async def test_logs_carry_request_ids_but_never_passwords_or_tokens(
     assert "another secret password" not in logged
     assert account.tokens["access_token"] not in logged
     assert account.tokens["refresh_token"] not in logged
+
+
+async def test_the_traceback_of_an_unexpected_error_shows_no_passwords(
+    capsys: pytest.CaptureFixture[str], settings: Settings
+) -> None:
+    assert settings.log_format == "console"  # the development default, where tracebacks are pretty
+    broken = same_stores(settings, database_url="postgresql+asyncpg://postgres@127.0.0.1:1/orders")
+    async with serving(broken) as client:
+        response = await client.post("/token", data={"username": "ada@example.com", "password": PASSWORD})
+
+    assert response.status_code == 500
+    logged = capsys.readouterr().err
+    assert "Traceback" in logged
+    assert PASSWORD not in logged  # a traceback with each frame's local variables would show the form

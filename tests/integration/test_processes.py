@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from app.config import Settings
 from tests.conftest import forget_redis_keys
@@ -65,6 +70,82 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
     assert (tmp_path / "orders.db").exists()
     assert ready["dependencies"]["database"]["status"] == "ok"
     assert ready["dependencies"]["redis"]["status"] == "not configured"
+
+
+async def test_a_status_change_racing_another_write_on_the_sqlite_default_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subprocess.run(
+        [BIN / "alembic", "-c", ROOT / "alembic.ini", "upgrade", "head"],
+        cwd=tmp_path,
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.chdir(tmp_path)
+    raced: list[str] = []
+
+    def another_write_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # SQLite locks no row on SELECT ... FOR UPDATE: the order's processing may commit in between
+        if statement.startswith("UPDATE orders SET") and not raced:
+            raced.append(statement)
+            with sqlite3.connect(tmp_path / "orders.db") as other:
+                other.execute("UPDATE orders SET version = version + 1")
+
+    async with serving(Settings.from_env({})) as client:
+        email = new_email()
+        await client.post("/register", json={"email": email, "password": PASSWORD})
+        tokens = (await client.post("/token", data={"username": email, "password": PASSWORD})).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        order = await client.post(
+            "/orders", json={"items": [{"name": "tea", "quantity": 1, "price": "3.10"}]}, headers=headers
+        )
+        path = f"/orders/{order.json()['id']}"
+        await asyncio.sleep(0.5)  # processed in process by now
+        event.listen(Engine, "before_cursor_execute", another_write_first)
+        try:
+            patched = await client.patch(path, json={"status": "PAID"}, headers=headers)
+        finally:
+            event.remove(Engine, "before_cursor_execute", another_write_first)
+        read = await client.get(path, headers=headers)
+
+    assert raced
+    assert patched.status_code == 200, patched.text
+    assert read.json()["status"] == "PAID"
+
+
+def test_a_failed_upgrade_on_the_sqlite_default_leaves_nothing_behind(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "orders.db") as database:
+        database.execute("CREATE TABLE outbox (id INTEGER)")  # the last migration will fail on it
+
+    failed = subprocess.run(
+        [BIN / "alembic", "-c", ROOT / "alembic.ini", "upgrade", "head"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        check=False,
+    )
+
+    assert failed.returncode != 0
+    with sqlite3.connect(tmp_path / "orders.db") as database:
+        tables = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"outbox"}  # one transaction: the migrations before the failing one were rolled back
+
+
+def test_migrations_in_production_refuse_the_defaults_as_the_service_does(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [BIN / "alembic", "-c", ROOT / "alembic.ini", "upgrade", "head"],
+        cwd=tmp_path,
+        env=clean_env(APP_ENV="production"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert refused.returncode != 0
+    assert "APP_ENV=production refuses to start: DATABASE_URL must be set" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "orders.db").exists()
 
 
 @contextmanager

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.config import DEVELOPMENT_JWT_SECRET, RateLimit, Settings, SettingsError
@@ -92,3 +94,24 @@ def test_production_lists_every_problem_at_once() -> None:
         Settings.from_env({"APP_ENV": "production"})
 
     assert all(name in str(refused.value) for name in ("DATABASE_URL", "REDIS_URL", "AMQP_URL", "JWT_SECRET"))
+
+
+def env_example() -> dict[str, str]:
+    lines = (Path(__file__).resolve().parents[2] / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_env_example_documents_every_setting_with_a_working_value() -> None:
+    example = env_example()
+
+    assert {name.upper() for name in Settings.__struct_fields__} <= set(example)
+    settings = Settings.from_env(example)
+    assert settings.database_url.startswith("postgresql+asyncpg://")
+    assert settings.redis_url
+    assert settings.amqp_url
+
+
+def test_env_example_leaves_empty_only_settings_whose_empty_value_is_their_default() -> None:
+    # Settings ignore an empty variable; other libraries (prometheus_client) take it as a value.
+    empty = {name for name, value in env_example().items() if not value.strip()}
+    assert empty <= {name.upper() for name in Settings.__struct_fields__}
