@@ -90,9 +90,12 @@ class Pipeline:
         self.consumer = Role(
             "consumer", [str(BIN / "python"), "-m", "app.consumer"], env, self.directory / "consumer.log"
         )
+        # A node name of its own: Celery's default, celery@<host>, is shared by every worker on this machine,
+        # and RabbitMQ lets only one of them hold that name's control queue (the others die at start).
+        node = f"{self.settings.celery_queue}@%h"
         self.worker = Role(
             "worker",
-            [str(BIN / "celery"), "-A", "app.worker", "worker", "--concurrency", "2", "--loglevel", "INFO"],
+            [str(BIN / "celery"), "-A", "app.worker", "worker", "-n", node, "-c", "2", "--loglevel", "INFO"],
             env,
             self.directory / "worker.log",
         )
@@ -100,8 +103,12 @@ class Pipeline:
     def start(self) -> None:
         self.worker.start()
         self.consumer.start()
-        wait_for(lambda: "consuming" in self.consumer.log(), "the consumer to start", timeout=30)
-        wait_for(lambda: "ready." in self.worker.log(), "the worker to start", timeout=60)
+        try:
+            wait_for(lambda: "consuming" in self.consumer.log(), "the consumer to start", timeout=30)
+            wait_for(lambda: "ready." in self.worker.log(), "the worker to start", timeout=60)
+        except AssertionError:
+            self.stop()  # leave no process running behind a failed start
+            raise
 
     def stop(self) -> None:
         self.consumer.stop()
