@@ -88,7 +88,12 @@ async def main(orders: int) -> None:
     suffix = secrets.token_hex(4)
     # The worker gets a node name of its own: with Celery's default, celery@<host>, it would die at start
     # while any other worker runs on this machine (RabbitMQ gives that name's control queue to one only).
-    settings = {"RATE_LIMIT": "1000000/minute", "CELERY_WORKER_HOSTNAME": f"orders-restarts-{suffix}@%h"}
+    # Small database pools: this run checks correctness, not speed, on a PostgreSQL others may share.
+    settings = {
+        "RATE_LIMIT": "1000000/minute",
+        "CELERY_WORKER_HOSTNAME": f"orders-restarts-{suffix}@%h",
+        "DATABASE_POOL_SIZE": "5",
+    }
     deployment = Stack(settings=settings, suffix=suffix)
     try:
         await deployment.set_up()
