@@ -5,7 +5,8 @@ to the dead-letter queue at once; one whose task can't be dispatched goes back t
 the queue's delivery limit to the dead-letter queue too. The task id is the event id, for tracing; the
 task itself is idempotent, so an event delivered twice has one effect. SIGTERM stops the consumption,
 lets the messages in hand finish, and leaves every unacknowledged one to the broker. Its counters are
-served in Prometheus format on ``CONSUMER_METRICS_PORT`` (``orders_consumer_messages_total{outcome}``).
+served in Prometheus format on ``CONSUMER_METRICS_PORT`` (``orders_consumer_messages_total{outcome}``),
+and only its own: not the API's metrics that the modules it imports define.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import msgspec
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from celery import Celery
-from prometheus_client import Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from app.config import Settings
 from app.lib.broker import REQUEST_ID_HEADER, Topology, close, connect
@@ -28,10 +32,14 @@ from app.worker.config import PROCESS_ORDER, create_celery
 
 log = structlog.get_logger("app.consumer")
 
+REGISTRY = CollectorRegistry()
+for collector in (ProcessCollector, PlatformCollector, GCCollector):
+    collector(registry=REGISTRY)
 MESSAGES = Counter(
     metric("consumer_messages_total"),
     "Events handled, by outcome: dispatched, dead_lettered, requeued",
     ["outcome"],
+    registry=REGISTRY,
 )
 
 
@@ -116,7 +124,7 @@ async def main() -> None:
         raise SystemExit(
             "orders consumer: AMQP_URL is not set (without a broker, events are handled in the API)"
         )
-    server, _ = start_http_server(settings.consumer_metrics_port)
+    server, _ = start_http_server(settings.consumer_metrics_port, registry=REGISTRY)
     log.info("serving metrics", port=server.server_port, path="/metrics")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -260,6 +260,19 @@ async def test_the_consumer_counts_what_it_did(
     assert after.get("dead_lettered", 0) - before.get("dead_lettered", 0) == 1
 
 
+async def test_the_consumer_exposes_only_its_own_metrics(pipeline: Pipeline) -> None:
+    names = {family.name for family in text_string_to_metric_families(await consumer_metrics(pipeline))}
+
+    assert "orders_consumer_messages" in names
+    assert "process_cpu_seconds" in names
+    api_only = {
+        "orders_outbox_pending",
+        "orders_outbox_oldest_pending_age_seconds",
+        "orders_events_published",
+    }
+    assert not api_only & names
+
+
 async def consumer_counts(pipeline: Pipeline) -> dict[str, float]:
     """The consumer's ``orders_consumer_messages_total`` by outcome, from its metrics endpoint."""
     return {
