@@ -171,6 +171,38 @@ async def test_the_publisher_reaches_a_broker_down_at_its_start_or_lost_later_an
         )
 
 
+async def test_a_refused_topology_is_declared_once_the_operator_fixed_it_and_events_go_out(
+    database_url: str,
+) -> None:
+    suffix = uuid4().hex[:8]
+    settings = settings_for(
+        database_url,
+        events_exchange=f"orders-test-{suffix}",
+        celery_queue=f"orders-test-{suffix}.process_order",
+    )
+    queue = f"{settings.events_exchange}.new_order"
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        await channel.declare_queue(queue, durable=True)  # a mistake: a classic queue, without dead letters
+        try:
+            async with serving(settings) as client:
+                alice = await signed_up(client)
+                order = await place_order(client, alice)
+                await asyncio.sleep(1)
+                assert not await event_sent(settings, order["id"])  # the declaration was refused
+
+                await channel.queue_delete(queue)  # the fix: the publisher declares it as it should be
+
+                await eventually(lambda: event_sent(settings, order["id"]), "the event to be sent", within=30)
+            # Declared as the topology says (declaring it again with those arguments succeeds), and the
+            # event is in it.
+            _, declared = await Topology(settings.events_exchange, NEW_ORDER).declare(channel)
+            assert declared.declaration_result.message_count == 1
+        finally:
+            forget_redis_keys(settings.redis_key_prefix)
+            await delete_topology(settings)
+
+
 async def test_the_same_event_delivered_twice_has_one_effect(
     client: AsyncClient, deployment: Settings, pipeline: Pipeline
 ) -> None:
