@@ -376,6 +376,30 @@ async def test_sigterm_lets_the_consumer_finish_the_dispatch_in_hand(
     assert await ready_in_queue(f"{deployment.events_exchange}.new_order") == 0
 
 
+async def test_an_event_whose_task_cannot_be_dispatched_stays_in_hand_until_the_consumer_stops(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    with pipeline.instead("consumer", CELERY_BROKER_URL=UNREACHABLE_AMQP_URL) as consumer:
+        order = await place_order(client, alice)
+        await eventually(
+            lambda: as_awaitable(bool(consumer.lines(event="task not dispatched, retrying"))),
+            "a dispatch to fail",
+            within=30,
+        )
+        consumer.stop()
+        # Handed back once, at shutdown: the failures did not spend the deliveries after which
+        # RabbitMQ would dead-letter the event.
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection, connection.channel() as channel:
+            queue = await channel.get_queue(f"{deployment.events_exchange}.new_order")
+            message = await queue.get(timeout=5)
+            assert message.headers.get("x-delivery-count") == 1
+            await message.nack(requeue=True)
+
+    assert (await processed(client, alice, order["id"]))["processed_at"] is not None
+
+
 async def test_the_worker_retries_an_order_until_its_database_is_back(
     client: AsyncClient, deployment: Settings, pipeline: Pipeline
 ) -> None:
