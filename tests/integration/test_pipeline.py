@@ -125,6 +125,7 @@ async def test_a_new_order_is_processed_within_seconds(
     request_id = placed.headers["x-request-id"]
     assert [line["request_id"] for line in pipeline.consumer.lines(order_id=order["id"])] == [request_id]
     assert [line["request_id"] for line in pipeline.worker.lines(order_id=order["id"])] == [request_id]
+    assert f'"request_id":"{request_id}"' in pipeline.worker.log()  # what the README tells to grep for
 
 
 async def test_an_order_placed_while_the_broker_is_unreachable_is_processed_when_it_is_back(
