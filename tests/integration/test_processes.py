@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import subprocess
@@ -198,6 +199,9 @@ def test_shutdown_lets_requests_in_flight_finish(database_url: str) -> None:
         assert server.wait(timeout=30) == 0
         errors = server.stderr.read().decode() if server.stderr else ""
     assert "Traceback" not in errors
+    lines = [json.loads(line) for line in errors.splitlines()]  # one JSON object a line, granian's included
+    assert any(line["logger"].startswith("_granian") for line in lines)
+    assert [line["event"] for line in lines].count("publisher closed") == 2  # each worker closed its own
 
 
 async def test_admins_are_created_by_the_cli(database_url: str, settings: Settings) -> None:
