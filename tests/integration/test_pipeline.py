@@ -260,6 +260,29 @@ async def test_a_dead_lettered_event_replayed_from_the_cli_is_processed_once(
         exchange=f"{deployment.events_exchange}.dead",
     )
     await dead_letter_arrived(deployment)
+    status = await asyncio.to_thread(
+        subprocess.run,
+        [BIN / "litestar", "--app", "app.asgi:app", "events", "status"],
+        cwd=ROOT,
+        env=process_env(deployment),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"{deployment.events_exchange}.new_order.dead: 1 message(s) ready" in status.stdout
+    unreachable = await asyncio.to_thread(
+        subprocess.run,
+        [BIN / "litestar", "--app", "app.asgi:app", "events", "status"],
+        cwd=ROOT,
+        env={**process_env(deployment), "AMQP_URL": UNREACHABLE_AMQP_URL},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unreachable.returncode == 1
+    assert "outbox: " in unreachable.stdout  # what PostgreSQL knows is still shown
+    assert "RabbitMQ did not answer" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
 
     replayed = await asyncio.to_thread(
         subprocess.run,
