@@ -184,14 +184,14 @@ def test_granian_with_two_workers_shares_cache_logout_and_limits(granian: str) -
 
 def test_shutdown_lets_requests_in_flight_finish(database_url: str) -> None:
     # A login takes about a second of hashing: it is still in flight when SIGTERM arrives.
-    slow_hashing = {"ARGON2_TIME_COST": "20", "ARGON2_MEMORY_COST_KIB": "65536"}
+    slow_hashing = {"ARGON2_TIME_COST": "6", "ARGON2_MEMORY_COST_KIB": "65536"}
     with production_api(database_url, **slow_hashing) as (base_url, server):
         email = new_email()
-        with httpx.Client(base_url=base_url, timeout=30) as http:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
             assert http.post("/register", json={"email": email, "password": PASSWORD}).status_code == 201
         with concurrent.futures.ThreadPoolExecutor() as pool:
             login = pool.submit(
-                httpx.post, f"{base_url}/token", data={"username": email, "password": PASSWORD}, timeout=30
+                httpx.post, f"{base_url}/token", data={"username": email, "password": PASSWORD}, timeout=60
             )
             time.sleep(0.3)
             server.send_signal(signal.SIGTERM)
