@@ -10,6 +10,7 @@ from uuid import UUID
 
 import msgspec
 import sqlalchemy.exc
+from advanced_alchemy.exceptions import RepositoryError
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar.di import NamedDependency
@@ -17,6 +18,7 @@ from litestar.params import SkipValidation
 from prometheus_client import Counter
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 from uuid_utils.compat import uuid7
 
 from app.accounts.auth import Principal
@@ -34,6 +36,7 @@ from app.orders.status import check_transition
 NOT_FOUND = "No such order"
 _NATIVE = (datetime, UUID, Decimal)  # kept as they are when a schema becomes column values
 ORDERS_PLACED = Counter(metric("placed_total"), "Orders created (idempotent replays excluded)")
+STATUS_CHANGE_ATTEMPTS = 3
 
 
 class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
@@ -103,13 +106,28 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
         return order, False
 
     async def change_status(self, principal: Principal, order_id: UUID, status: OrderStatus) -> OrderRead:
-        order = await self.get_one_or_none(id=order_id, with_for_update=True)
-        if order is None or not principal.may_access(order.user_id):
-            raise NotFoundError(NOT_FOUND)
-        check_transition(order.status, status)
-        order.status = status
-        order = await self.update(order, auto_commit=True)
-        return await self.cache.put(order)
+        """Move the order to ``status``, on the row as it is when the change commits.
+
+        PostgreSQL locks the row from the read to the commit. SQLite has no row locks: a write committed in
+        between (the embedded default processes orders in the API process) makes the versioned UPDATE match
+        no row, and the change is then checked and made again on the row as it is now.
+        """
+        attempt = 1
+        while True:
+            order = await self.get_one_or_none(id=order_id, with_for_update=True)
+            if order is None or not principal.may_access(order.user_id):
+                raise NotFoundError(NOT_FOUND)
+            check_transition(order.status, status)
+            order.status = status
+            try:
+                order = await self.update(order, auto_commit=True)
+            except RepositoryError as exc:
+                if not isinstance(exc.__cause__, StaleDataError) or attempt == STATUS_CHANGE_ATTEMPTS:
+                    raise
+                await self.repository.session.rollback()
+                attempt += 1
+            else:
+                return await self.cache.put(order)
 
     async def page(self, user_id: UUID, limit: int, offset: int) -> tuple[list[OrderRead], int]:
         """One page of the user's orders, newest first, and how many there are in all.

@@ -6,18 +6,21 @@ import concurrent.futures
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event
 
 from app.config import Settings
+from app.orders.models import Order
 from tests.conftest import forget_redis_keys
 from tests.support import AMQP_URL, JWT_SECRET, PASSWORD, REDIS_URL, ROOT, free_port, new_email, serving
 
@@ -29,16 +32,21 @@ def clean_env(**values: str) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **values}
 
 
-async def test_embedded_default_runs_accounts_and_orders_with_no_services(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def migrate_embedded_database(directory: Path) -> None:
+    """The embedded default's SQLite file, ``orders.db`` in ``directory``, with the schema."""
     subprocess.run(
         [BIN / "alembic", "-c", ROOT / "alembic.ini", "upgrade", "head"],
-        cwd=tmp_path,
+        cwd=directory,
         env=clean_env(),
         check=True,
         capture_output=True,
     )
+
+
+async def test_embedded_default_runs_accounts_and_orders_with_no_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrate_embedded_database(tmp_path)
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({})
 
@@ -66,6 +74,42 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
     assert (tmp_path / "orders.db").exists()
     assert ready["dependencies"]["database"]["status"] == "ok"
     assert ready["dependencies"]["redis"]["status"] == "not configured"
+
+
+async def test_on_sqlite_a_status_change_overtaken_by_another_write_is_made_on_the_fresh_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite has no row locks: the embedded default's in-process processing can commit between a PATCH's
+    # read and its write. Here another connection commits a write at that very moment.
+    migrate_embedded_database(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    overtaken: list[str] = []
+
+    def write_in_between(_: object, __: object, order: Order) -> None:
+        if not overtaken:
+            overtaken.append(str(order.id))
+            with closing(sqlite3.connect(tmp_path / "orders.db")) as other, other:
+                other.execute("UPDATE orders SET version = version + 1")
+
+    async with serving(Settings.from_env({})) as client:
+        email = new_email()
+        await client.post("/register", json={"email": email, "password": PASSWORD})
+        tokens = (await client.post("/token", data={"username": email, "password": PASSWORD})).json()
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        order = await client.post(
+            "/orders", json={"items": [{"name": "tea", "quantity": 1, "price": "2.00"}]}, headers=headers
+        )
+        path = f"/orders/{order.json()['id']}"
+        event.listen(Order, "before_update", write_in_between)
+        try:
+            changed = await client.patch(path, json={"status": "PAID"}, headers=headers)
+        finally:
+            event.remove(Order, "before_update", write_in_between)
+        read = await client.get(path, headers=headers)
+
+    assert overtaken == [order.json()["id"]]
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["status"] == read.json()["status"] == "PAID"
 
 
 @contextmanager
