@@ -29,9 +29,10 @@ serve:
 consumer:
     uv run python -m app.consumer
 
-# Run the Celery worker that processes orders ($WORKER_CONCURRENCY processes).
-worker:
-    uv run celery -A app.worker worker --loglevel INFO
+# Run the Celery worker that processes orders ($WORKER_CONCURRENCY processes). Arguments go to Celery: a
+# second worker on the same host needs a node name of its own, e.g. `just worker -n worker2@%h`.
+worker *args:
+    uv run celery -A app.worker worker --loglevel INFO {{args}}
 
 # Watch the worker with Flower on http://127.0.0.1:5555.
 flower:

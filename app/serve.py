@@ -17,8 +17,20 @@ from granian.constants import Interfaces
 from granian.server import Server
 
 from app.config import Settings, SettingsError
+from app.lib.logging import configure_logging
 
 SHUTDOWN_GRACE_SECONDS = 30
+GRANIAN_LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    # granian's own lines go to the root logger, which app.lib.logging renders like every other line (JSON in
+    # production) instead of granian's plain-text handlers on stdout.
+    "loggers": {
+        **{name: {"handlers": [], "propagate": True} for name in ("_granian", "granian.access")},
+        # Imported by advanced-alchemy in every worker, alembic's plugins announce themselves at INFO.
+        "alembic": {"level": "WARNING"},
+    },
+}
 
 
 def prepare_metrics_directory() -> Path:
@@ -38,7 +50,7 @@ def main() -> None:
     except SettingsError as exc:
         raise SystemExit(f"orders: {exc}") from None
     prepare_metrics_directory()
-    Server(
+    server = Server(
         "app.asgi:app",
         address="0.0.0.0",  # noqa: S104 - a server's job; bind a narrower address behind a firewall if needed
         port=settings.port,
@@ -46,7 +58,11 @@ def main() -> None:
         workers=settings.workers,
         workers_kill_timeout=SHUTDOWN_GRACE_SECONDS,
         respawn_failed_workers=True,
-    ).serve()
+        log_dictconfig=GRANIAN_LOGGING,
+    )
+    # After the Server is made: it applies its logging configuration, which closes the handlers it finds.
+    configure_logging(level=settings.log_level, as_json=settings.log_as_json)
+    server.serve()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import signal
 import time
 from collections import Counter
@@ -84,7 +85,16 @@ async def run(deployment: Stack, orders: int) -> bool:
 
 
 async def main(orders: int) -> None:
-    deployment = Stack(settings={"RATE_LIMIT": "1000000/minute"})
+    suffix = secrets.token_hex(4)
+    # The worker gets a node name of its own: with Celery's default, celery@<host>, it would die at start
+    # while any other worker runs on this machine (RabbitMQ gives that name's control queue to one only).
+    # Small database pools: this run checks correctness, not speed, on a PostgreSQL others may share.
+    settings = {
+        "RATE_LIMIT": "1000000/minute",
+        "CELERY_WORKER_HOSTNAME": f"orders-restarts-{suffix}@%h",
+        "DATABASE_POOL_SIZE": "5",
+    }
+    deployment = Stack(settings=settings, suffix=suffix)
     try:
         await deployment.set_up()
         ok = await run(deployment, orders)

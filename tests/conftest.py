@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from uuid import uuid4
 
 import asyncpg
@@ -27,6 +28,19 @@ async def _admin(statement: str) -> None:
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A database of this test run's own, migrated with plain `alembic upgrade head`, dropped at the end."""
+    with new_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_database() -> Iterator[str]:
+    """A database of the test's own, for a test that must see no row of another."""
+    with new_database() as url:
+        yield url
+
+
+@contextmanager
+def new_database() -> Iterator[str]:
     name = f"orders_test_{uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     url = POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"

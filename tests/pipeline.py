@@ -10,9 +10,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
+from uuid import uuid4
 
 from app.config import Settings
 
@@ -43,13 +44,25 @@ class Role:
     command: list[str]
     env: dict[str, str]
     log_path: Path
+    ready: str  # what the process logs once it is up
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
+    _logged_before: int = 0
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
+        self._logged_before = self._log.tell()
         self.process = subprocess.Popen(
             self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until this run of the process (not an earlier one) logged that it is up."""
+        ready = self.ready.encode()
+        wait_for(
+            lambda: ready in self.log_path.read_bytes()[self._logged_before :],
+            f"the {self.name} to start",
+            timeout,
         )
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
@@ -88,25 +101,31 @@ class Pipeline:
     def __post_init__(self) -> None:
         env = process_env(self.settings)
         self.consumer = Role(
-            "consumer", [str(BIN / "python"), "-m", "app.consumer"], env, self.directory / "consumer.log"
+            "consumer",
+            [str(BIN / "python"), "-m", "app.consumer"],
+            env,
+            self.directory / "consumer.log",
+            ready="consuming",
         )
-        # A node name of its own: two Celery workers named alike on one host fight over their control queue.
-        node = f"--hostname={self.settings.celery_queue}@%h"
+        # A node name of its own: Celery's default, celery@<host>, is shared by every worker on this machine,
+        # and RabbitMQ lets only one of them hold that name's control queue (the others die at start).
+        node = f"{self.settings.celery_queue}@%h"
         self.worker = Role(
             "worker",
-            [str(BIN / "celery"), "-A", "app.worker", "worker", node, "--concurrency=2", "--loglevel=INFO"],
+            [str(BIN / "celery"), "-A", "app.worker", "worker", "-n", node, "-c", "2", "--loglevel", "INFO"],
             env,
             self.directory / "worker.log",
+            ready="ready.",
         )
 
     def start(self) -> None:
         self.worker.start()
         self.consumer.start()
         try:
-            wait_for(lambda: "consuming" in self.consumer.log(), "the consumer to start", timeout=30)
-            wait_for(lambda: "ready." in self.worker.log(), "the worker to start", timeout=60)
+            self.consumer.wait_ready()
+            self.worker.wait_ready()
         except AssertionError:
-            self.stop()  # a fixture whose setup fails is not torn down: leave no process behind
+            self.stop()  # leave no process running behind a failed start
             raise
 
     def stop(self) -> None:
@@ -120,6 +139,24 @@ class Pipeline:
             yield
         finally:
             self.start()
+
+    @contextmanager
+    def instead(self, name: str, **env: str) -> Iterator[Role]:
+        """Another process of the role ``name`` (consumer or worker), with ``env`` on top of the deployment's
+        environment, running in place of the pipeline's own until the block ends."""
+        own: Role = getattr(self, name)
+        own.stop()
+        other = replace(
+            own, env={**own.env, **env}, log_path=self.directory / f"{name}-{uuid4().hex[:8]}.log"
+        )
+        try:
+            other.start()
+            other.wait_ready()
+            yield other
+        finally:
+            other.stop()
+            own.start()
+            own.wait_ready()
 
 
 def wait_for(condition: object, what: str, timeout: float = 15.0) -> None:

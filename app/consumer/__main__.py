@@ -1,23 +1,30 @@
 """``python -m app.consumer``: consume ``new_order`` events and dispatch ``process_order`` for each.
 
 A message is acknowledged only after the Celery broker confirmed the task. One that is not an event goes
-to the dead-letter queue at once; one whose task can't be dispatched goes back to the queue, and after
-the queue's delivery limit to the dead-letter queue too. The task id is the event id, for tracing; the
-task itself is idempotent, so an event delivered twice has one effect. SIGTERM stops the consumption,
-lets the messages in hand finish, and leaves every unacknowledged one to the broker. Its counters are
-served in Prometheus format on ``CONSUMER_METRICS_PORT`` (``orders_consumer_messages_total{outcome}``).
+to the dead-letter queue at once. One whose task can't be dispatched stays in hand, and the dispatch is
+retried with backoff until the Celery broker takes it: the failure is the broker's, not the event's, so it
+must not spend the deliveries after which the queue dead-letters a message. The task id is the event id, for
+tracing; the task itself is idempotent, so an event delivered twice has one effect. SIGTERM stops the
+consumption, lets the messages in hand finish (a dispatch being retried ends with the attempt under way) and
+hands every message not dispatched back to the broker. Its counters are served in Prometheus format on
+``CONSUMER_METRICS_PORT`` (``orders_consumer_messages_total{outcome}``), and only its own: not the API's
+metrics that the modules it imports define.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from contextlib import suppress
 
 import msgspec
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from celery import Celery
-from prometheus_client import Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from app.config import Settings
 from app.lib.broker import REQUEST_ID_HEADER, Topology, close, connect
@@ -28,11 +35,18 @@ from app.worker.config import PROCESS_ORDER, create_celery
 
 log = structlog.get_logger("app.consumer")
 
+REGISTRY = CollectorRegistry()
+for collector in (ProcessCollector, PlatformCollector, GCCollector):
+    collector(registry=REGISTRY)
 MESSAGES = Counter(
     metric("consumer_messages_total"),
-    "Events handled, by outcome: dispatched, dead_lettered, requeued",
+    "Events handled, by outcome: dispatched, dead_lettered, requeued (at shutdown); "
+    "dispatch_failed counts failed dispatch attempts, each retried",
     ["outcome"],
+    registry=REGISTRY,
 )
+DISPATCH_RETRY_SECONDS = (1.0, 30.0)
+"""The first and the longest wait before the dispatch of an event in hand is tried again."""
 
 
 class Consumer:
@@ -41,8 +55,10 @@ class Consumer:
         self.celery = celery
         self.topology = Topology(settings.events_exchange, NEW_ORDER)
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stopping = stop
         connection = await connect(self.settings.amqp_url, attempt_timeout=5.0)
         channel = await connection.channel()
         try:
@@ -82,16 +98,30 @@ class Consumer:
                 await message.reject(requeue=False)
                 MESSAGES.labels("dead_lettered").inc()
                 return
-            try:
-                await asyncio.to_thread(self.dispatch, event, request_id)
-            except Exception as exc:  # whatever the reason, the broker keeps the event
-                log.error("task not dispatched, the event goes back to the queue", error=str(exc))
+            if not await self.dispatch_until_sent(event, request_id):
+                log.warning("stopping before the task was dispatched, the event goes back to the queue")
                 await message.nack(requeue=True)
                 MESSAGES.labels("requeued").inc()
                 return
             await message.ack()
             MESSAGES.labels("dispatched").inc()
             log.info("order dispatched", order_id=str(event.order_id))
+
+    async def dispatch_until_sent(self, event: NewOrder, request_id: str | None) -> bool:
+        """Dispatch the task, trying again with backoff while it fails; False if the consumer stops first."""
+        delay, longest = DISPATCH_RETRY_SECONDS
+        while not self.stopping.is_set():
+            try:
+                await asyncio.to_thread(self.dispatch, event, request_id)
+            except Exception as exc:  # whatever the reason, the event stays in hand
+                MESSAGES.labels("dispatch_failed").inc()
+                log.error("task not dispatched, retrying", error=str(exc), retry_in=delay)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, longest)
+            else:
+                return True
+        return False
 
     def dispatch(self, event: NewOrder, request_id: str | None) -> None:
         """Hand the task to the Celery broker; blocks (run it in a thread) until RabbitMQ confirmed it."""
@@ -116,7 +146,7 @@ async def main() -> None:
         raise SystemExit(
             "orders consumer: AMQP_URL is not set (without a broker, events are handled in the API)"
         )
-    server, _ = start_http_server(settings.consumer_metrics_port)
+    server, _ = start_http_server(settings.consumer_metrics_port, registry=REGISTRY)
     log.info("serving metrics", port=server.server_port, path="/metrics")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -109,14 +109,29 @@ class AmqpPublisher:
         )
 
     async def connect(self) -> None:
-        self._connection = await connect(self.url, attempt_timeout=self.timeout)
-        try:
-            self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._exchange, _ = await self.topology.declare(self._channel)
-        except BROKER_ERRORS as exc:  # the broker refuses the topology: a configuration error, not an outage
-            log.error("event topology refused, events wait in the outbox", error=str(exc))
-            return
-        log.info("publisher connected", exchange=self.topology.exchange)
+        """Connect and declare the topology, trying again with backoff until both succeed.
+
+        A refused declaration (a queue declared with other arguments, say) is a configuration error that an
+        operator can fix while the API runs, and the broker may also go away between the connection and the
+        declaration: either way the events wait in the outbox until an attempt succeeds.
+        """
+        delay = 0.5
+        while True:
+            self._connection = await connect(self.url, attempt_timeout=self.timeout)
+            try:
+                self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._exchange, _ = await self.topology.declare(self._channel)
+            except BROKER_ERRORS as exc:
+                log.error(
+                    "event topology not declared, events wait in the outbox", error=str(exc), retry_in=delay
+                )
+                await close(self._connection, self._channel)
+                self._channel = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            else:
+                log.info("publisher connected", exchange=self.topology.exchange)
+                return
 
     async def publish_many(self, messages: Sequence[Event]) -> list[bool]:
         """Publish concurrently: the broker confirms them as a stream, not one round trip each."""

@@ -8,7 +8,7 @@ import click
 from litestar.plugins import CLIPluginProtocol
 
 from app.config import Settings
-from app.lib.broker import Topology, queue_depths, replay_dead_letters
+from app.lib.broker import BROKER_ERRORS, Topology, queue_depths, replay_dead_letters
 from app.lib.db import sqlalchemy_config
 from app.lib.outbox import backlog
 from app.orders.events import NEW_ORDER
@@ -27,7 +27,10 @@ class EventsCLIPlugin(CLIPluginProtocol):
             if not settings.amqp_url:
                 click.echo("no AMQP_URL: events are handled inside the API process")
                 return
-            depths = asyncio.run(queue_depths(settings.amqp_url, _topology(settings)))
+            try:
+                depths = asyncio.run(queue_depths(settings.amqp_url, _topology(settings)))
+            except BROKER_ERRORS as exc:  # what an operator looks at when things go wrong: say it plainly
+                raise click.ClickException(f"RabbitMQ did not answer: {exc}") from None
             for queue, messages in depths.items():
                 click.echo(f"{queue}: {messages} message(s) ready")
 

@@ -16,5 +16,5 @@ celery = create_celery(settings)
 
 @setup_logging.connect
 def _logging(**_: Any) -> None:
-    """Our structured logging instead of Celery's own, in the worker and in Flower."""
+    """Our structured logging instead of Celery's own, in the worker (Flower logs through tornado)."""
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)

@@ -26,7 +26,9 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError)
-"""Errors of a database or network that may work again; a task failing with one is retried with backoff."""
+"""Errors of a database or network that may work again; a task failing with one is retried with backoff
+(at most a minute apart) for as long as it takes: a task that gave up would be acknowledged, and its order
+never processed."""
 
 
 class WorkerRuntime:
@@ -56,7 +58,7 @@ def runtime() -> WorkerRuntime:
     retry_backoff=True,
     retry_backoff_max=60,
     retry_jitter=True,
-    max_retries=10,
+    max_retries=None,
 )
 def process_order(self: Task[[str], bool], order_id: str) -> bool:
     """Process the order (see app.orders.processing); safe to run any number of times."""

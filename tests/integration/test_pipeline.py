@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -16,9 +17,13 @@ from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
+from app.lib.broker import DELIVERY_LIMIT, AmqpPublisher, Topology
+from app.lib.db import sqlalchemy_config
 from app.lib.outbox import Outbox
+from app.orders.events import NEW_ORDER
 from tests.conftest import forget_redis_keys
 from tests.pipeline import BIN, ROOT, Pipeline, process_env
+from tests.proxy import proxy_to
 from tests.support import (
     AMQP_URL,
     Account,
@@ -74,7 +79,9 @@ async def client(deployment: Settings, pipeline: Pipeline) -> AsyncIterator[Asyn
         yield client
 
 
-async def processed(client: AsyncClient, account: Account, order_id: str) -> dict[str, Any]:
+async def processed(
+    client: AsyncClient, account: Account, order_id: str, within: float = 15.0
+) -> dict[str, Any]:
     """The order once its ``processed_at`` is set, read through the API (and so through the cache)."""
     seen: dict[str, Any] = {}
 
@@ -82,12 +89,16 @@ async def processed(client: AsyncClient, account: Account, order_id: str) -> dic
         seen.update((await client.get(f"/orders/{order_id}", headers=account.headers)).json())
         return seen.get("processed_at") is not None
 
-    await eventually(is_processed, f"order {order_id} to be processed")
+    await eventually(is_processed, f"order {order_id} to be processed", within=within)
     return seen
 
 
 async def fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(settings.database_url.replace("+asyncpg", ""))
+    return await fetch_from(settings.database_url, query, *args)
+
+
+async def fetch_from(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
         return await connection.fetch(query, *args)
     finally:
@@ -114,6 +125,7 @@ async def test_a_new_order_is_processed_within_seconds(
     request_id = placed.headers["x-request-id"]
     assert [line["request_id"] for line in pipeline.consumer.lines(order_id=order["id"])] == [request_id]
     assert [line["request_id"] for line in pipeline.worker.lines(order_id=order["id"])] == [request_id]
+    assert f'"request_id":"{request_id}"' in pipeline.worker.log()  # what the README tells to grep for
 
 
 async def test_an_order_placed_while_the_broker_is_unreachable_is_processed_when_it_is_back(
@@ -133,6 +145,63 @@ async def test_an_order_placed_while_the_broker_is_unreachable_is_processed_when
 
     assert done["processed_at"] is not None
     await eventually(lambda: event_sent(deployment, order["id"]), "the event to be marked sent")
+
+
+async def test_the_publisher_reaches_a_broker_down_at_its_start_or_lost_later_and_sends_what_waited(
+    deployment: Settings, pipeline: Pipeline
+) -> None:
+    with proxy_to(AMQP_URL) as broker:
+        broker.cut()  # RabbitMQ unreachable while the API starts
+        async with serving(same_stores(deployment, amqp_url=broker.url(AMQP_URL))) as client:
+            alice = await signed_up(client)
+            before = await place_order(client, alice)
+            broker.restore()
+            await processed(client, alice, before["id"], within=30)
+
+            broker.cut()  # the connection drops
+            during = await place_order(client, alice)
+            await asyncio.sleep(1)
+            [event] = await fetch(deployment, EVENTS_OF_ORDER, during["id"])
+            assert event["sent_at"] is None  # the event waits in the outbox
+            broker.restore()
+            await processed(client, alice, during["id"], within=30)
+
+    for order in (before, during):
+        await eventually(
+            lambda order=order: event_sent(deployment, order["id"]), "the event to be marked sent"
+        )
+
+
+async def test_a_refused_topology_is_declared_once_the_operator_fixed_it_and_events_go_out(
+    database_url: str,
+) -> None:
+    suffix = uuid4().hex[:8]
+    settings = settings_for(
+        database_url,
+        events_exchange=f"orders-test-{suffix}",
+        celery_queue=f"orders-test-{suffix}.process_order",
+    )
+    queue = f"{settings.events_exchange}.new_order"
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        await channel.declare_queue(queue, durable=True)  # a mistake: a classic queue, without dead letters
+        try:
+            async with serving(settings) as client:
+                alice = await signed_up(client)
+                order = await place_order(client, alice)
+                await asyncio.sleep(1)
+                assert not await event_sent(settings, order["id"])  # the declaration was refused
+
+                await channel.queue_delete(queue)  # the fix: the publisher declares it as it should be
+
+                await eventually(lambda: event_sent(settings, order["id"]), "the event to be sent", within=30)
+            # Declared as the topology says (declaring it again with those arguments succeeds), and the
+            # event is in it.
+            _, declared = await Topology(settings.events_exchange, NEW_ORDER).declare(channel)
+            assert declared.declaration_result.message_count == 1
+        finally:
+            forget_redis_keys(settings.redis_key_prefix)
+            await delete_topology(settings)
 
 
 async def test_the_same_event_delivered_twice_has_one_effect(
@@ -191,6 +260,29 @@ async def test_a_dead_lettered_event_replayed_from_the_cli_is_processed_once(
         exchange=f"{deployment.events_exchange}.dead",
     )
     await dead_letter_arrived(deployment)
+    status = await asyncio.to_thread(
+        subprocess.run,
+        [BIN / "litestar", "--app", "app.asgi:app", "events", "status"],
+        cwd=ROOT,
+        env=process_env(deployment),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"{deployment.events_exchange}.new_order.dead: 1 message(s) ready" in status.stdout
+    unreachable = await asyncio.to_thread(
+        subprocess.run,
+        [BIN / "litestar", "--app", "app.asgi:app", "events", "status"],
+        cwd=ROOT,
+        env={**process_env(deployment), "AMQP_URL": UNREACHABLE_AMQP_URL},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unreachable.returncode == 1
+    assert "outbox: " in unreachable.stdout  # what PostgreSQL knows is still shown
+    assert "RabbitMQ did not answer" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
 
     replayed = await asyncio.to_thread(
         subprocess.run,
@@ -224,17 +316,33 @@ async def test_the_consumer_counts_what_it_did(
     assert after.get("dead_lettered", 0) - before.get("dead_lettered", 0) == 1
 
 
+async def test_the_consumer_exposes_only_its_own_metrics(pipeline: Pipeline) -> None:
+    names = {family.name for family in text_string_to_metric_families(await consumer_metrics(pipeline))}
+
+    assert "orders_consumer_messages" in names
+    assert "process_cpu_seconds" in names
+    api_only = {
+        "orders_outbox_pending",
+        "orders_outbox_oldest_pending_age_seconds",
+        "orders_events_published",
+    }
+    assert not api_only & names
+
+
 async def consumer_counts(pipeline: Pipeline) -> dict[str, float]:
     """The consumer's ``orders_consumer_messages_total`` by outcome, from its metrics endpoint."""
-    port = pipeline.consumer.lines(event="serving metrics")[-1]["port"]
-    async with AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-        exposed = (await http.get("/metrics")).text
     return {
         sample.labels["outcome"]: sample.value
-        for family in text_string_to_metric_families(exposed)
+        for family in text_string_to_metric_families(await consumer_metrics(pipeline))
         for sample in family.samples
         if sample.name == "orders_consumer_messages_total"
     }
+
+
+async def consumer_metrics(pipeline: Pipeline) -> str:
+    port = pipeline.consumer.lines(event="serving metrics")[-1]["port"]
+    async with AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        return (await http.get("/metrics")).text
 
 
 async def test_concurrent_retries_rolled_back_leave_exactly_one_event(
@@ -266,6 +374,171 @@ async def test_orders_placed_while_consumer_and_worker_are_down_are_processed_af
         await processed(client, alice, order["id"])
     for order in orders:
         assert [line["event"] for line in pipeline.worker.lines(order_id=order["id"])] == ["order processed"]
+
+
+async def test_sigterm_lets_the_consumer_finish_the_dispatch_in_hand(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    with proxy_to(AMQP_URL) as celery_broker:
+        celery_broker.hold()  # the consumer's connection to the Celery broker waits
+        with pipeline.instead("consumer", CELERY_BROKER_URL=celery_broker.url(AMQP_URL)) as consumer:
+            order = await place_order(client, alice)
+            await eventually(
+                lambda: as_awaitable(celery_broker.accepted > 0), "the consumer to start dispatching"
+            )
+            assert consumer.process is not None
+            consumer.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1)
+            assert consumer.process.poll() is None  # still finishing the dispatch in hand
+            celery_broker.release()
+            assert await asyncio.to_thread(consumer.process.wait, 30) == 0
+            said = [line["event"] for line in consumer.lines() if line["event"] != "serving metrics"]
+            assert said[-3:] == ["finishing messages in hand", "order dispatched", "consumer stopped"]
+
+    await processed(client, alice, order["id"])
+    assert await ready_in_queue(f"{deployment.events_exchange}.new_order") == 0
+
+
+async def test_an_event_whose_task_cannot_be_dispatched_stays_in_hand_until_the_consumer_stops(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    with pipeline.instead("consumer", CELERY_BROKER_URL=UNREACHABLE_AMQP_URL) as consumer:
+        order = await place_order(client, alice)
+        await eventually(
+            lambda: as_awaitable(bool(consumer.lines(event="task not dispatched, retrying"))),
+            "a dispatch to fail",
+            within=30,
+        )
+        consumer.stop()
+        # Handed back once, at shutdown: the failures did not spend the deliveries after which
+        # RabbitMQ would dead-letter the event.
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection, connection.channel() as channel:
+            queue = await channel.get_queue(f"{deployment.events_exchange}.new_order")
+            message = await queue.get(timeout=5)
+            assert message.headers.get("x-delivery-count") == 1
+            await message.nack(requeue=True)
+
+    assert (await processed(client, alice, order["id"]))["processed_at"] is not None
+
+
+async def test_the_worker_retries_an_order_until_its_database_is_back(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    with (
+        proxy_to(deployment.database_url) as database,
+        pipeline.instead("worker", DATABASE_URL=database.url(deployment.database_url)) as worker,
+    ):
+        database.cut()
+        order = await place_order(client, alice)
+        task_id = str(await event_id(deployment, order))
+
+        def retried() -> int:
+            return sum(
+                1 for line in worker.lines() if task_id in line["event"] and " retry: " in line["event"]
+            )
+
+        await eventually(lambda: as_awaitable(retried() >= 2), "the task to be retried", within=30)
+        database.restore()
+        done = await processed(client, alice, order["id"], within=30)
+
+    assert done["processed_at"] is not None
+    assert [line["event"] for line in worker.lines(order_id=order["id"])] == ["order processed"]
+
+
+async def test_a_message_returned_past_the_delivery_limit_is_dead_lettered() -> None:
+    topology = Topology(f"orders-test-{uuid4().hex[:8]}", NEW_ORDER)
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        exchange, queue = await topology.declare(channel)
+        try:
+            await exchange.publish(aio_pika.Message(b"{}", message_id="poison"), routing_key=NEW_ORDER)
+            deliveries = 0
+            while (message := await next_message(queue)) is not None:
+                deliveries += 1
+                await message.nack(requeue=True)  # as a consumer that fails on it again and again would
+            dead = await next_message(await channel.get_queue(topology.dead_letter_queue))
+        finally:
+            await delete_queues_and_exchanges(channel, topology)
+    assert deliveries == DELIVERY_LIMIT + 1
+    assert dead is not None
+    assert dead.message_id == "poison"
+
+
+async def test_the_relays_of_several_processes_share_a_backlog_and_publish_each_event_once(
+    own_database: str,
+) -> None:
+    topology = Topology(f"orders-test-{uuid4().hex[:8]}", NEW_ORDER)
+    backlog = 300
+    await fetch_from(
+        own_database,
+        "INSERT INTO outbox (id, topic, payload, created_at)"
+        " SELECT gen_random_uuid(), 'new_order', '{}'::bytea, now() - interval '1 minute'"
+        " FROM generate_series(1, $1)",
+        backlog,
+    )
+    # Two API processes: each its own database pool and broker connection.
+    relays = [
+        Outbox(sqlalchemy_config(own_database), AmqpPublisher(AMQP_URL, topology), relay_interval=1)
+        for _ in range(2)
+    ]
+    for relay in relays:
+        await relay.publisher.connect()
+        await relay.measure_backlog()  # a connection in each pool, so that both relays start at once
+    try:
+        sent = await asyncio.gather(*(relay.relay_once() for relay in relays))
+        ids = await drain(topology.queue)
+    finally:
+        for relay in relays:
+            await relay.publisher.close()
+            await relay.db.get_engine().dispose()
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection, connection.channel() as channel:
+            await delete_queues_and_exchanges(channel, topology)
+
+    assert sorted(sent) == [backlog - Outbox.BATCH, Outbox.BATCH]  # each relay took rows of its own
+    assert len(ids) == len(set(ids)) == backlog
+    [row] = await fetch_from(own_database, "SELECT count(*) AS unsent FROM outbox WHERE sent_at IS NULL")
+    assert row["unsent"] == 0
+
+
+async def next_message(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage | None:
+    """The next message of ``queue``, waiting a little for one (a requeued message takes a moment)."""
+    for _ in range(20):
+        message = await queue.get(fail=False)
+        if message is not None:
+            return message
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def drain(queue_name: str) -> list[str]:
+    """The message ids of every message in the queue, acknowledged."""
+    ids = []
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        queue = await channel.get_queue(queue_name)
+        while (message := await next_message(queue)) is not None:
+            ids.append(str(message.message_id))
+            await message.ack()
+    return ids
+
+
+async def ready_in_queue(name: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        declared = await channel.declare_queue(name, passive=True)
+        return declared.declaration_result.message_count or 0
+
+
+async def delete_queues_and_exchanges(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> None:
+    for queue in (topology.queue, topology.dead_letter_queue):
+        await channel.queue_delete(queue)
+    for exchange in (topology.exchange, topology.dead_letter_exchange):
+        await channel.exchange_delete(exchange)
 
 
 async def event_sent(settings: Settings, order_id: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import signal
 import sqlite3
@@ -33,16 +34,21 @@ def clean_env(**values: str) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **values}
 
 
-async def test_embedded_default_runs_accounts_and_orders_with_no_services(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def migrate_embedded_database(directory: Path) -> None:
+    """The embedded default's SQLite file, ``orders.db`` in ``directory``, with the schema."""
     subprocess.run(
         [BIN / "alembic", "-c", ROOT / "alembic.ini", "upgrade", "head"],
-        cwd=tmp_path,
+        cwd=directory,
         env=clean_env(),
         check=True,
         capture_output=True,
     )
+
+
+async def test_embedded_default_runs_accounts_and_orders_with_no_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrate_embedded_database(tmp_path)
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({})
 
@@ -264,14 +270,14 @@ def test_granian_with_two_workers_shares_cache_logout_and_limits(granian: str) -
 
 def test_shutdown_lets_requests_in_flight_finish(database_url: str) -> None:
     # A login takes about a second of hashing: it is still in flight when SIGTERM arrives.
-    slow_hashing = {"ARGON2_TIME_COST": "20", "ARGON2_MEMORY_COST_KIB": "65536"}
+    slow_hashing = {"ARGON2_TIME_COST": "6", "ARGON2_MEMORY_COST_KIB": "65536"}
     with production_api(database_url, **slow_hashing) as (base_url, server):
         email = new_email()
-        with httpx.Client(base_url=base_url, timeout=30) as http:
+        with httpx.Client(base_url=base_url, timeout=60) as http:
             assert http.post("/register", json={"email": email, "password": PASSWORD}).status_code == 201
         with concurrent.futures.ThreadPoolExecutor() as pool:
             login = pool.submit(
-                httpx.post, f"{base_url}/token", data={"username": email, "password": PASSWORD}, timeout=30
+                httpx.post, f"{base_url}/token", data={"username": email, "password": PASSWORD}, timeout=60
             )
             time.sleep(0.3)
             server.send_signal(signal.SIGTERM)
@@ -279,6 +285,9 @@ def test_shutdown_lets_requests_in_flight_finish(database_url: str) -> None:
         assert server.wait(timeout=30) == 0
         errors = server.stderr.read().decode() if server.stderr else ""
     assert "Traceback" not in errors
+    lines = [json.loads(line) for line in errors.splitlines()]  # one JSON object a line, granian's included
+    assert any(line["logger"].startswith("_granian") for line in lines)
+    assert [line["event"] for line in lines].count("publisher closed") == 2  # each worker closed its own
 
 
 async def test_admins_are_created_by_the_cli(database_url: str, settings: Settings) -> None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from app.config import Settings
+from app.serve import SHUTDOWN_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 COMPOSE = yaml.safe_load((ROOT / "containers" / "compose.yaml").read_text())
@@ -46,7 +47,7 @@ def test_each_role_runs_the_projects_own_command(role: str) -> None:
     [("serve", "api"), ("consumer", "consumer"), ("worker", "worker"), ("flower", "flower")],
 )
 def test_the_justfile_runs_the_same_commands(recipe: str, role: str) -> None:
-    body = re.search(rf"^{recipe}:.*\n((?:    .*\n)+)", JUSTFILE, re.MULTILINE)
+    body = re.search(rf"^{recipe}\b[^:\n]*:.*\n((?:    .*\n)+)", JUSTFILE, re.MULTILINE)
     assert body is not None, recipe
     assert " ".join(ROLES[role]) in body.group(1)
 
@@ -92,10 +93,31 @@ def test_the_image_is_multi_stage_non_root_and_without_build_tools() -> None:
 
 
 def test_the_containerfile_copies_what_exists_and_runs_the_api() -> None:
-    for line in re.findall(r"^COPY (?!--from)(.+)$", CONTAINERFILE, re.MULTILINE):
-        *sources, _ = shlex.split(line)
-        for source in sources:
-            assert (ROOT / source).exists(), source
+    for source in copied():
+        assert (ROOT / source).exists(), source
     cmd = re.search(r"^CMD (\[.*\])$", CONTAINERFILE, re.MULTILINE)
     assert cmd is not None
     assert yaml.safe_load(cmd.group(1)) == ROLES["api"]
+
+
+def test_the_build_context_holds_what_the_image_copies_and_nothing_else() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split("\n")
+    rules = [line for line in ignored if line and not line.startswith("#")]
+    assert rules[0] == "*"  # no .venv, .env, orders.db or .git of the host in the build context
+    assert {f"!{source}" for source in copied()} == {rule for rule in rules if rule.startswith("!")}
+
+
+def test_roles_get_longer_to_stop_than_the_api_lets_requests_finish() -> None:
+    for role in ("api", "consumer", "worker"):
+        grace = SERVICES[role]["stop_grace_period"]
+        assert grace.endswith("s")
+        assert int(grace.removesuffix("s")) > SHUTDOWN_GRACE_SECONDS, role
+
+
+def copied() -> list[str]:
+    """The sources of the Containerfile's COPY lines that take files from the build context."""
+    sources = []
+    for line in re.findall(r"^COPY (?!--from)(.+)$", CONTAINERFILE, re.MULTILINE):
+        *from_context, _ = shlex.split(line)
+        sources += from_context
+    return sources
