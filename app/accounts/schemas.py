@@ -9,11 +9,12 @@ from uuid import UUID
 import msgspec
 
 from app.accounts.models import Role
+from app.lib.db import STORABLE_TEXT
 
 Email = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$",
         max_length=254,
         description="An email address; stored and compared in lower case.",
         examples=["ada@example.com"],
@@ -30,7 +31,10 @@ class Registration(msgspec.Struct, forbid_unknown_fields=True):
 class PasswordGrant(msgspec.Struct):
     """The OAuth2 password grant form. Other OAuth2 fields (client_id, ...) are accepted and ignored."""
 
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=254, description="The account's email.")]
+    username: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=254, pattern=STORABLE_TEXT, description="The account's email."),
+    ]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     grant_type: Literal["password"] | None = None
     scope: str = ""

@@ -65,6 +65,7 @@ async def test_a_matching_total_is_accepted(client: Client, alice: Account) -> N
         ({**order_body("1.00"), "status": "PAID"}, "status"),
         ({"items": [{"name": "", "quantity": 1, "price": "1"}]}, "items[0].name"),
         ({"items": [{"name": "x" * 201, "quantity": 1, "price": "1"}]}, "items[0].name"),
+        ({"items": [{"name": "nul\x00byte", "quantity": 1, "price": "1"}]}, "items[0].name"),
         ({"items": [{"name": "x", "quantity": 0, "price": "1"}]}, "items[0].quantity"),
         ({"items": [{"name": "x", "quantity": 1.5, "price": "1"}]}, "items[0].quantity"),
         ({"items": [{"name": "x", "quantity": 1, "price": "0"}]}, "items[0].price"),
