@@ -79,6 +79,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
             "ARGON2_TIME_COST": "1",
             "ARGON2_MEMORY_COST_KIB": "8",
             "ARGON2_PARALLELISM": "1",
+            "DATABASE_POOL_SIZE": "5",  # a couple of requests at a time: leave PostgreSQL to the others
             "LOG_LEVEL": "WARNING",  # errors only: thousands of requests would fill the log with access lines
         }
         command = [BIN / "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
