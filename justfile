@@ -51,6 +51,11 @@ create-admin email:
 test *args:
     uv run pytest {{args}}
 
+# The conformance tests alone: schemathesis and a generated client against the live API, abuse cases.
+# CONFORMANCE_EXAMPLES (300) sets the cases per operation; -s shows schemathesis' report.
+conformance *args:
+    uv run pytest tests/conformance {{args}}
+
 # Lint and type-check.
 lint:
     uv run ruff check app tests db bench

@@ -31,6 +31,7 @@ from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController
 from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
 from app.lib.metrics import MetricsController, prometheus_config
+from app.lib.openapi import StrictStructSchemaPlugin
 from app.lib.outbox import InProcessBus, Outbox, Publisher
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=[
             SQLAlchemyPlugin(config=db),
             problem_details_plugin(),
+            StrictStructSchemaPlugin(),
             AccountsCLIPlugin(),
             EventsCLIPlugin(),
         ],

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import aio_pika
+import asyncpg
 import msgspec
 from httpx import ASGITransport, AsyncClient, Response
 
@@ -25,6 +29,33 @@ AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused at once
 JWT_SECRET = "test-secret-that-is-long-enough-for-production-use"
 PASSWORD = "correct horse battery"
+
+
+async def _admin(statement: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextmanager
+def migrated_database() -> Iterator[str]:
+    """A new database migrated with plain `alembic upgrade head`, dropped when the block ends."""
+    name = f"orders_test_{uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url},
+            check=True,
+            capture_output=True,
+        )
+        yield url
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def settings_for(database_url: str, **overrides: Any) -> Settings:
@@ -49,6 +80,17 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
 def same_stores(settings: Settings, **overrides: Any) -> Settings:
     """Another process of the same deployment: same database and Redis keys, possibly other settings."""
     return msgspec.structs.replace(settings, **overrides)
+
+
+async def delete_topology(settings: Settings) -> None:
+    """Remove the exchanges and queues of ``settings``' deployment from RabbitMQ."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        exchange = settings.events_exchange
+        for queue in (f"{exchange}.new_order", f"{exchange}.new_order.dead", settings.celery_queue):
+            await channel.queue_delete(queue)
+        for name in (exchange, f"{exchange}.dead"):
+            await channel.exchange_delete(name)
 
 
 @asynccontextmanager

@@ -17,6 +17,7 @@ from app.accounts.revocations import RevokedSessions
 from app.accounts.schemas import PasswordGrant, RefreshRequest, Registration, TokenPair, UserRead
 from app.accounts.services import AuthSessionService, UserService
 from app.lib.errors import UnauthorizedError, problem_responses
+from app.lib.openapi import RateLimitedOperation
 from app.lib.rate_limit import AUTH_RATE_LIMITED
 from app.lib.security import PasswordHasher, SessionToken, TokenCodec
 
@@ -35,7 +36,8 @@ class AccountController(Controller):
         opt=PUBLIC,
         status_code=HTTP_201_CREATED,
         summary="Create an account",
-        responses=problem_responses(409, 422, 429),
+        responses=problem_responses(400, 409, 413, 422, 429),
+        operation_class=RateLimitedOperation,
     )
     async def register(
         self,
@@ -51,7 +53,8 @@ class AccountController(Controller):
         opt=PUBLIC,
         status_code=HTTP_200_OK,
         summary="Log in (OAuth2 password grant)",
-        responses=problem_responses(401, 422, 429),
+        responses=problem_responses(400, 401, 413, 422, 429),
+        operation_class=RateLimitedOperation,
     )
     async def login(
         self,
@@ -71,7 +74,8 @@ class AccountController(Controller):
         status_code=HTTP_200_OK,
         summary="Exchange a refresh token for a new token pair",
         description="Refresh tokens are single use: presenting an already exchanged one ends the session.",
-        responses=problem_responses(401, 422, 429),
+        responses=problem_responses(400, 401, 413, 422, 429),
+        operation_class=RateLimitedOperation,
     )
     async def refresh(
         self,
@@ -94,7 +98,8 @@ class AccountController(Controller):
         summary="End the session of the presented access token",
         description="The access token and every token of its session stop working at once.",
         security=BEARER_REQUIRED,
-        responses=problem_responses(401),
+        responses=problem_responses(401, 429),
+        operation_class=RateLimitedOperation,
     )
     async def logout(
         self,
@@ -108,7 +113,8 @@ class AccountController(Controller):
         "/users/me",
         summary="The calling user",
         security=BEARER_REQUIRED,
-        responses=problem_responses(401),
+        responses=problem_responses(401, 429),
+        operation_class=RateLimitedOperation,
     )
     async def me(
         self, request: Request[Principal, SessionToken, Any], users: NamedDependency[UserService]

@@ -9,11 +9,12 @@ from uuid import UUID
 import msgspec
 
 from app.accounts.models import Role
+from app.lib.db import STORABLE_TEXT
 
 Email = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$",
         max_length=254,
         description="An email address; stored and compared in lower case.",
         examples=["ada@example.com"],
@@ -34,7 +35,10 @@ class PasswordGrant(msgspec.Struct):
     ``grant_type=&username=...`` (FastAPI's own documented example).
     """
 
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=254, description="The account's email.")]
+    username: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=254, pattern=STORABLE_TEXT, description="The account's email."),
+    ]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     grant_type: Literal["password", ""] | None = None
     scope: str = ""

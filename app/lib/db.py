@@ -7,6 +7,10 @@ import functools
 from advanced_alchemy.extensions.litestar import AsyncSessionConfig, EngineConfig, SQLAlchemyAsyncConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+STORABLE_TEXT = r"^[^\x00]*$"
+"""The ``pattern`` of text that reaches the database: PostgreSQL's text and jsonb can't hold a NUL character,
+so input is refused with a 422 before a query fails on it."""
+
 
 def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncConfig:
     """``pool_size`` connections per process (and as many again in bursts); SQLite keeps its own pool."""

@@ -149,6 +149,13 @@ def _from_repository_error(exc: repository_errors.RepositoryError) -> ProblemDet
     return _from_unexpected(exc)
 
 
+def _from_recursion_error(exc: RecursionError) -> ProblemDetailsException:
+    # msgspec gives up on JSON nested deeper than the interpreter's stack; any other recursion is a bug.
+    if "while deserializing" in str(exc):
+        return problem(HTTPStatus.BAD_REQUEST, "The body is nested too deeply to be read")
+    return _from_unexpected(exc)
+
+
 def _from_unexpected(exc: Exception) -> ProblemDetailsException:
     log.error("unhandled error", exc_info=exc)
     return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "The server could not complete the request")
@@ -159,6 +166,7 @@ _CONVERTERS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
     HTTPException: _from_http_exception,
     ValidationException: _from_validation_exception,
     repository_errors.RepositoryError: _from_repository_error,
+    RecursionError: _from_recursion_error,
     Exception: _from_unexpected,
 }
 

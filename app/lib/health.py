@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.lib.openapi import ServiceOperation
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -44,7 +45,9 @@ class HealthController(Controller):
     tags = ["health"]
     opt = {"exclude_from_auth": True}
 
-    @get("/", summary="Liveness: the process answers (touches no dependency)")
+    @get(
+        "/", summary="Liveness: the process answers (touches no dependency)", operation_class=ServiceOperation
+    )
     async def live(self) -> Liveness:
         return Liveness()
 
@@ -55,6 +58,7 @@ class HealthController(Controller):
         responses={
             HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(Readiness, description="A dependency is failing")
         },
+        operation_class=ServiceOperation,
     )
     async def ready(
         self,

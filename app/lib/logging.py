@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _HANDLER_NAME = "app"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+"""A request id a client may choose (others are replaced by a new one)."""
+_VALID_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 def configure_logging(*, level: str, as_json: bool) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar.datastructures import MutableScopeHeaders
-from litestar.exceptions import TooManyRequestsException
+from litestar.exceptions import HTTPException, TooManyRequestsException
 from litestar.middleware.rate_limit import DURATION_VALUES, RateLimitConfig, RateLimitMiddleware
 from prometheus_client import Counter
 from redis.exceptions import RedisError
@@ -79,6 +79,14 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
                 )
             if headers:
                 send = _adding_headers(send, headers)
+                try:
+                    await self.app(scope, receive, send)
+                except HTTPException as exc:
+                    # Raised by the middleware inside (authentication): its response is sent from outside
+                    # this one, so the window's headers travel with the exception.
+                    exc.headers = {**headers, **(exc.headers or {})}
+                    raise
+                return
         await self.app(scope, receive, send)
 
     async def hit(self, key: str, store: Any, read_ahead: Sequence[str] = ()) -> Window:

@@ -133,7 +133,13 @@ def _verified(
     encoded: str, secret: str, algorithm: str, options: tuple[tuple[str, Any], ...]
 ) -> SessionToken:
     """Verify once per distinct token (failures raise and are not remembered)."""
-    return super(SessionToken, SessionToken).decode(encoded, secret, algorithm, **dict(options))
+    token = super(SessionToken, SessionToken).decode(encoded, secret, algorithm, **dict(options))
+    for claim in (token.sub, token.sid, str(token.jti)):  # ids the request goes on to use as UUIDs
+        try:
+            UUID(claim)
+        except ValueError:
+            raise NotAuthorizedException("Invalid token") from None
+    return token
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED
 
 from app.accounts.auth import BEARER_REQUIRED, Principal
 from app.lib.errors import ForbiddenError, problem_responses
+from app.lib.openapi import RateLimitedOperation
 from app.lib.rate_limit import read_ahead_values
 from app.lib.security import SessionToken
 from app.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
@@ -29,17 +30,21 @@ IdempotencyKey = Annotated[
     ),
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Page size (at most 100).")]
-MAX_OFFSET = 2**63 - 1  # the largest OFFSET the databases take (a 64-bit integer); past it they fail
+MAX_OFFSET = 2**31 - 1  # no one pages past two billion orders; the databases fail past 2**63
 Offset = Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET, description="Orders to skip.")]
 
 READS_CACHED_ORDER = "reads_cached_order"
 """Handler ``opt`` key: the handler reads the cache entry of the ``order_id`` in its path (read it ahead)."""
 REPLAYED_HEADER = "Idempotent-Replayed"
 TOTAL_COUNT_HEADER = "X-Total-Count"
-# Documentation only: ``value`` is there to give the header a schema (OpenAPI requires one).
+# Documentation only: a ``value`` gives a header its schema (OpenAPI requires one).
 PAGE_HEADERS = [
     ResponseHeader(
-        name=TOTAL_COUNT_HEADER, value="51", description="Orders in all pages.", documentation_only=True
+        name=TOTAL_COUNT_HEADER,
+        value="51",
+        description="Orders in all pages.",
+        required=True,
+        documentation_only=True,
     )
 ]
 
@@ -57,13 +62,21 @@ class OrderController(Controller):
         description="The server computes `total_price`; a `total_price` sent along must match it.",
         response_headers=[
             ResponseHeader(
+                name="Location",
+                value="/orders/01a2338a-d470-70ec-a34d-3a021d0919e4",
+                description="The order's URL.",
+                required=True,
+                documentation_only=True,
+            ),
+            ResponseHeader(
                 name=REPLAYED_HEADER,
                 value="true",
                 description="`true` when the Idempotency-Key was seen before and this is its first order.",
                 documentation_only=True,
-            )
+            ),
         ],
-        responses=problem_responses(401, 422, 429),
+        responses=problem_responses(400, 401, 413, 422, 429),
+        operation_class=RateLimitedOperation,
     )
     async def place(
         self,
@@ -73,15 +86,17 @@ class OrderController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[OrderRead]:
         order, replayed = await orders.place(request.user.user_id, data, idempotency_key)
-        return Response(
-            order, status_code=HTTP_201_CREATED, headers={REPLAYED_HEADER: "true"} if replayed else None
-        )
+        headers = {"Location": f"/orders/{order.id}"}
+        if replayed:
+            headers[REPLAYED_HEADER] = "true"
+        return Response(order, status_code=HTTP_201_CREATED, headers=headers)
 
     @get(
         "/",
         summary="The caller's orders, newest first",
         response_headers=PAGE_HEADERS,
-        responses=problem_responses(401, 422),
+        responses=problem_responses(401, 422, 429),
+        operation_class=RateLimitedOperation,
     )
     async def list_own(
         self,
@@ -97,7 +112,8 @@ class OrderController(Controller):
         summary="A user's orders, newest first",
         description="Users may list their own orders only (403 otherwise); admins anyone's.",
         response_headers=PAGE_HEADERS,
-        responses=problem_responses(401, 403, 422),
+        responses=problem_responses(401, 403, 422, 429),
+        operation_class=RateLimitedOperation,
     )
     async def list_for_user(
         self,
@@ -116,7 +132,8 @@ class OrderController(Controller):
         opt={READS_CACHED_ORDER: True},
         summary="An order",
         description="Another user's order answers 404, like an unknown one.",
-        responses=problem_responses(401, 404, 422),
+        responses=problem_responses(401, 404, 422, 429),
+        operation_class=RateLimitedOperation,
     )
     async def read(
         self,
@@ -130,7 +147,8 @@ class OrderController(Controller):
         "/{order_id:str}",
         summary="Move an order to another status",
         description="PENDING → PAID → SHIPPED; PENDING or PAID → CANCELED. Other moves answer 409.",
-        responses=problem_responses(401, 404, 409, 422),
+        responses=problem_responses(400, 401, 404, 409, 413, 422, 429),
+        operation_class=RateLimitedOperation,
     )
     async def change_status(
         self,

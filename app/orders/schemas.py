@@ -10,6 +10,7 @@ from uuid import UUID
 
 import msgspec
 
+from app.lib.db import STORABLE_TEXT
 from app.orders.models import OrderStatus
 
 CENT = Decimal("0.01")
@@ -38,7 +39,10 @@ def money(value: Decimal, field: str) -> Decimal:
 
 
 class OrderItem(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["Espresso beans, 1 kg"])]
+    name: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=200, pattern=STORABLE_TEXT, examples=["Espresso beans, 1 kg"]),
+    ]
     quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_QUANTITY)]
     price: Money
 

@@ -59,6 +59,7 @@ async def test_duplicate_email_is_a_conflict_whatever_its_case(client: Client) -
         ({"email": new_email(), "password": "x" * 129}, "password"),
         ({"email": new_email()}, "password"),
         ({"email": new_email(), "password": PASSWORD, "role": "admin"}, "role"),
+        ({"email": "nul\x00byte@example.com", "password": PASSWORD}, "email"),  # PostgreSQL can't store it
     ],
 )
 async def test_invalid_registration_is_422_naming_the_field(
@@ -155,6 +156,12 @@ async def test_login_form_without_password_is_422(client: Client) -> None:
     response = await client.post("/token", data={"username": new_email()})
     assert response.status_code == 422
     assert [error["field"] for error in response.json()["errors"]] == ["password"]
+
+
+async def test_a_username_postgresql_cant_hold_is_422_not_a_lookup(client: Client) -> None:
+    response = await client.post("/token", data={"username": "nul\x00byte@example.com", "password": PASSWORD})
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == ["username"]
 
 
 async def test_me_is_the_caller(client: Client) -> None:

@@ -27,6 +27,7 @@ from tests.proxy import proxy_to
 from tests.support import (
     AMQP_URL,
     Account,
+    delete_topology,
     eventually,
     order_body,
     place_order,
@@ -51,16 +52,6 @@ def deployment(database_url: str) -> Iterator[Settings]:
     yield settings
     forget_redis_keys(settings.redis_key_prefix)
     asyncio.run(delete_topology(settings))
-
-
-async def delete_topology(settings: Settings) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection, connection.channel() as channel:
-        exchange = settings.events_exchange
-        for queue in (f"{exchange}.new_order", f"{exchange}.new_order.dead", settings.celery_queue):
-            await channel.queue_delete(queue)
-        for name in (exchange, f"{exchange}.dead"):
-            await channel.exchange_delete(name)
 
 
 @pytest.fixture(scope="module")

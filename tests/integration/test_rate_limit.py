@@ -61,3 +61,14 @@ async def test_without_redis_each_process_still_limits_and_nothing_fails(setting
         ]
 
         assert statuses == [401, 401, 401, 429]
+
+
+async def test_a_request_refused_by_authentication_still_tells_its_window(settings: Settings) -> None:
+    async with serving(same_stores(settings, rate_limit=STRICT)) as client:
+        refused = await client.get("/users/me", headers={"Authorization": "Bearer not-a-jwt"})
+
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert refused.headers["ratelimit-limit"] == "3"
+    assert refused.headers["ratelimit-remaining"] == "2"
+    assert refused.headers["ratelimit-policy"] == "3;w=60"

@@ -88,6 +88,13 @@ def test_the_payload_holds_only_the_claims(codec: TokenCodec) -> None:
             for claim in REQUIRED_CLAIMS
         ),
         pytest.param(jwt.encode(claims(), SECRET, algorithm="HS256")[:-2] + "xx", id="tampered signature"),
+        *(
+            pytest.param(
+                jwt.encode(claims(**{claim: "not-a-uuid"}), SECRET, algorithm="HS256"),
+                id=f"{claim} not a UUID",
+            )
+            for claim in ("sub", "sid", "jti")
+        ),
     ],
 )
 def test_forged_or_incomplete_tokens_are_refused(codec: TokenCodec, forged: str) -> None:

@@ -1,0 +1,96 @@
+"""What the OpenAPI document says about the responses of every operation, beyond what its handler returns.
+
+Middleware adds headers to responses that no handler declares: the request id on every response, the rate
+limit window on every response of a limited route, ``Retry-After`` on a 429. Litestar documents a handler's
+``response_headers`` on its success response only, so these operation classes (``operation_class=`` of a
+route handler) put them on each of its responses. They also drop Litestar's generic 400 where the service
+can't answer one: invalid parameters are 422 here, and only a body that can't be parsed is a 400.
+
+``StrictStructSchemaPlugin`` says in the document what ``forbid_unknown_fields`` means for a request body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+# Litestar's own schema of a msgspec Struct, which this module extends; it has no public name.
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+
+from app.lib.logging import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.typing import FieldDefinition
+
+_COUNT = Schema(type=OpenAPIType.INTEGER, minimum=0)
+
+EVERY_RESPONSE = {
+    REQUEST_ID_HEADER: OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING, pattern=REQUEST_ID_PATTERN),
+        description="The request's id (the client's own, if it sent a sane one); the logs carry it.",
+        required=True,
+    )
+}
+RATE_LIMITED_RESPONSE = {
+    "RateLimit-Policy": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING, pattern=r"^\d+;w=\d+$"),
+        description="The limit and its window in seconds, e.g. `100;w=60`.",
+        required=True,
+    ),
+    "RateLimit-Limit": OpenAPIHeader(
+        schema=_COUNT, description="Requests allowed per window.", required=True
+    ),
+    "RateLimit-Remaining": OpenAPIHeader(
+        schema=_COUNT, description="Requests left in the current window.", required=True
+    ),
+    "RateLimit-Reset": OpenAPIHeader(
+        schema=_COUNT, description="Seconds until the current window ends.", required=True
+    ),
+}
+TOO_MANY_REQUESTS = {
+    "Retry-After": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
+        description="Seconds to wait before the limit lets a request through again.",
+        required=True,
+    )
+}
+
+
+@dataclass
+class ServiceOperation(Operation):
+    """An operation of this service: its responses carry the request id."""
+
+    def __post_init__(self) -> None:
+        if self.request_body is None and self.responses:
+            self.responses.pop("400", None)
+        self.add_headers(EVERY_RESPONSE)
+
+    def add_headers(self, headers: dict[str, OpenAPIHeader], status: str | None = None) -> None:
+        for code, response in (self.responses or {}).items():
+            if isinstance(response, OpenAPIResponse) and status in (None, code):
+                response.headers = {**(response.headers or {}), **headers}
+
+
+@dataclass
+class RateLimitedOperation(ServiceOperation):
+    """An operation behind the rate limiters: every response tells the window, a 429 when to come back."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.add_headers(RATE_LIMITED_RESPONSE)
+        self.add_headers(TOO_MANY_REQUESTS, status="429")
+
+
+class StrictStructSchemaPlugin(StructSchemaPlugin):
+    """A Struct that forbids unknown fields answers them with a 422: its schema allows no other properties."""
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        info = msgspec.inspect.type_info(field_definition.type_)
+        if isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields:
+            schema.additional_properties = False
+        return schema

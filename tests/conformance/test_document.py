@@ -1,0 +1,95 @@
+"""The OpenAPI document declares what middleware adds to responses and what the request schemas refuse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+
+UNLIMITED = {"GET /health", "GET /health/ready"}
+PROBLEM = {"$ref": "#/components/schemas/ProblemDetails"}
+
+
+@pytest.fixture
+async def document(client: AsyncClient) -> dict[str, Any]:
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    return dict(response.json())
+
+
+def operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        f"{method.upper()} {path}": operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def test_every_response_names_its_request_id(document: dict[str, Any]) -> None:
+    for name, operation in operations(document).items():
+        for status, response in operation["responses"].items():
+            header = response["headers"]["X-Request-ID"]
+            assert header["required"], (name, status)
+            assert header["schema"]["type"] == "string"
+
+
+def test_rate_limited_operations_declare_the_window_and_when_to_retry(document: dict[str, Any]) -> None:
+    limited = {name: op for name, op in operations(document).items() if name not in UNLIMITED}
+    assert len(limited) == 10
+    for name, operation in limited.items():
+        responses = operation["responses"]
+        assert responses["429"]["content"]["application/problem+json"]["schema"] == PROBLEM, name
+        assert responses["429"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
+        for status, response in responses.items():
+            headers = response["headers"]
+            for header in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy"):
+                assert headers[header]["required"], (name, status, header)
+            assert headers["RateLimit-Remaining"]["schema"] == {"type": "integer", "minimum": 0}
+    for name in UNLIMITED:
+        assert "429" not in operations(document)[name]["responses"]
+        assert "RateLimit-Limit" not in operations(document)[name]["responses"]["200"]["headers"]
+
+
+def test_placing_declares_the_idempotency_key_and_where_the_order_is(document: dict[str, Any]) -> None:
+    place = operations(document)["POST /orders"]
+
+    (key,) = [parameter for parameter in place["parameters"] if parameter["in"] == "header"]
+    assert key["name"] == "Idempotency-Key"
+    assert not key["required"]
+    assert key["schema"]["maxLength"] == 255
+    created = place["responses"]["201"]["headers"]
+    assert created["Location"]["required"]
+    assert not created["Idempotent-Replayed"]["required"]
+
+
+@pytest.mark.parametrize("name", ["GET /orders", "GET /orders/user/{user_id}"])
+def test_pages_declare_the_total_and_their_bounds(document: dict[str, Any], name: str) -> None:
+    listing = operations(document)[name]
+
+    assert listing["responses"]["200"]["headers"]["X-Total-Count"]["required"]
+    bounds = {parameter["name"]: parameter["schema"] for parameter in listing["parameters"]}
+    assert (bounds["limit"]["minimum"], bounds["limit"]["maximum"]) == (1, 100)
+    assert (bounds["offset"]["minimum"], bounds["offset"]["maximum"]) == (0, 2**31 - 1)
+
+
+def test_errors_are_problem_documents_and_400_is_only_an_unreadable_body(document: dict[str, Any]) -> None:
+    for name, operation in operations(document).items():
+        responses = operation["responses"]
+        takes_a_body = "requestBody" in operation
+        assert ("400" in responses) == takes_a_body, name
+        assert ("413" in responses) == takes_a_body, name
+        for status, response in responses.items():
+            if status.startswith("4"):
+                assert response["content"] == {"application/problem+json": {"schema": PROBLEM}}, (
+                    name,
+                    status,
+                )
+
+
+def test_bodies_that_refuse_unknown_fields_say_so(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+
+    for strict in ("Registration", "RefreshRequest", "OrderCreate", "OrderItem", "OrderStatusUpdate"):
+        assert schemas[strict]["additionalProperties"] is False, strict
+    assert "additionalProperties" not in schemas["PasswordGrant"]  # other OAuth2 fields are ignored
