@@ -32,7 +32,7 @@ from app.lib.health import HealthController
 from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
 from app.lib.metrics import MetricsController, prometheus_config
 from app.lib.openapi import StrictStructSchemaPlugin
-from app.lib.outbox import InProcessBus, Outbox, Publisher
+from app.lib.outbox import InProcessBus, Outbox, OutboxPlugin, Publisher
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
 from app.lib.security import PasswordHasher, TokenCodec, unverified_session_id
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         plugins=[
             SQLAlchemyPlugin(config=db),
+            OutboxPlugin(outbox),  # after the database's plugin: see OutboxPlugin
             problem_details_plugin(),
             StrictStructSchemaPlugin(),
             AccountsCLIPlugin(),
@@ -113,7 +114,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             prometheus_config().middleware,
         ],
         stores=stores,
-        lifespan=[outbox.running()],
         cors_config=cors,
         openapi_config=_openapi(auth.openapi_components),
         on_shutdown=[redis.aclose] if redis is not None else [],

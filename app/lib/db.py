@@ -33,6 +33,7 @@ def autocommit_engine(config: SQLAlchemyAsyncConfig) -> AsyncEngine:
     return _autocommit(config.get_engine())
 
 
-@functools.cache  # deriving one costs more than the statement it runs saves
+@functools.lru_cache(maxsize=4)  # one engine per process (tests make more)
 def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    # Derived once: deriving costs about as much as the round trips it saves.
     return engine.execution_options(isolation_level="AUTOCOMMIT")

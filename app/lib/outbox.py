@@ -20,6 +20,8 @@ import structlog
 from advanced_alchemy.base import UUIDv7Base
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from advanced_alchemy.types import DateTimeUTC
+from litestar.config.app import AppConfig
+from litestar.plugins import InitPluginProtocol
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Index, LargeBinary, String, Table, Update, func, insert, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
@@ -202,6 +204,22 @@ class Outbox:
 def _mark_sent(ids: set[UUID]) -> Update:
     unsent = OutboxMessage.sent_at.is_(None)
     return update(OutboxMessage).where(OutboxMessage.id.in_(ids), unsent).values(sent_at=_now())
+
+
+class OutboxPlugin(InitPluginProtocol):
+    """Runs the outbox within the database's lifespan; list it after the SQLAlchemy plugin.
+
+    A plugin's lifespan is entered after those of the app and of the plugins before it, and left before
+    them: the dispatcher and the relay stop before the engine is disposed, so none of them opens a
+    connection on a pool that nothing will close.
+    """
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.lifespan.append(self.outbox.running())
+        return app_config
 
 
 class InProcessBus:

@@ -490,7 +490,9 @@ async def test_the_relays_of_several_processes_share_a_backlog_and_publish_each_
         async with connection, connection.channel() as channel:
             await delete_queues_and_exchanges(channel, topology)
 
-    assert sorted(sent) == [backlog - Outbox.BATCH, Outbox.BATCH]  # each relay took rows of its own
+    # Each relay took rows of its own (how the two concurrent scans split them varies), a batch at most.
+    assert sum(sent) == backlog
+    assert all(0 < count <= Outbox.BATCH for count in sent)
     assert len(ids) == len(set(ids)) == backlog
     [row] = await fetch_from(own_database, "SELECT count(*) AS unsent FROM outbox WHERE sent_at IS NULL")
     assert row["unsent"] == 0
