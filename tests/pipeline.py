@@ -19,6 +19,7 @@ from app.config import Settings
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
+WORKER_PROCESSES = 2
 
 
 def process_env(settings: Settings) -> dict[str, str]:
@@ -33,7 +34,7 @@ def process_env(settings: Settings) -> dict[str, str]:
         "EVENTS_EXCHANGE": settings.events_exchange,
         "CELERY_QUEUE": settings.celery_queue,
         "CONSUMER_METRICS_PORT": "0",  # any free port: the consumer logs the one it took
-        "WORKER_CONCURRENCY": "2",
+        "WORKER_CONCURRENCY": str(WORKER_PROCESSES),
         "LOG_FORMAT": "json",
     }
 
@@ -112,7 +113,7 @@ class Pipeline:
         node = f"{self.settings.celery_queue}@%h"
         self.worker = Role(
             "worker",
-            [str(BIN / "celery"), "-A", "app.worker", "worker", "-n", node, "-c", "2", "--loglevel", "INFO"],
+            [str(BIN / "celery"), "-A", "app.worker", "worker", "-n", node, "--loglevel", "INFO"],
             env,
             self.directory / "worker.log",
             ready="ready.",

@@ -4,6 +4,7 @@ database pool and Redis client, made on first use (after Celery forked the proce
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Coroutine
 from typing import Any, TypeVar, cast
@@ -43,7 +44,9 @@ class WorkerRuntime:
         self.cache = OrderCache(cast("AtomicStore", store), settings.cache_ttl_seconds)
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
-        return self.runner.run(work)
+        # In the caller's context: the runner's own is a copy taken at its first run, which would give every
+        # later task the log context (request id) of the first one.
+        return self.runner.run(work, context=contextvars.copy_context())
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from app.lib.db import sqlalchemy_config
 from app.lib.outbox import Outbox
 from app.orders.events import NEW_ORDER
 from tests.conftest import forget_redis_keys
-from tests.pipeline import BIN, ROOT, Pipeline, process_env
+from tests.pipeline import BIN, ROOT, WORKER_PROCESSES, Pipeline, process_env
 from tests.proxy import proxy_to
 from tests.support import (
     AMQP_URL,
@@ -113,10 +113,23 @@ async def test_a_new_order_is_processed_within_seconds(
     assert done["processed_at"] >= order["created_at"]
     assert done["status"] == "PENDING"  # processing leaves the status to payment and shipping
     await eventually(lambda: event_sent(deployment, order["id"]), "the event to be marked sent")
-    request_id = placed.headers["x-request-id"]
-    assert [line["request_id"] for line in pipeline.consumer.lines(order_id=order["id"])] == [request_id]
-    assert [line["request_id"] for line in pipeline.worker.lines(order_id=order["id"])] == [request_id]
-    assert f'"request_id":"{request_id}"' in pipeline.worker.log()  # what the README tells to grep for
+
+
+async def test_each_order_s_request_id_reaches_the_consumer_and_worker_log_lines(
+    client: AsyncClient, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    # More orders than the worker has processes, so that one process handles several of them.
+    placed = [
+        await client.post("/orders", json=order_body("12.00"), headers=alice.headers)
+        for _ in range(WORKER_PROCESSES + 1)
+    ]
+    for response in placed:
+        order_id, request_id = response.json()["id"], response.headers["x-request-id"]
+        await processed(client, alice, order_id)
+        assert [line["request_id"] for line in pipeline.consumer.lines(order_id=order_id)] == [request_id]
+        assert [line["request_id"] for line in pipeline.worker.lines(order_id=order_id)] == [request_id]
+        assert f'"request_id":"{request_id}"' in pipeline.worker.log()  # what the README tells to grep for
 
 
 async def test_an_order_placed_while_the_broker_is_unreachable_is_processed_when_it_is_back(
