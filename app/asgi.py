@@ -42,7 +42,7 @@ from app.orders.cli import EventsCLIPlugin
 from app.orders.controller import READS_CACHED_ORDER, OrderController
 from app.orders.events import NEW_ORDER
 from app.orders.processing import in_process_handler
-from app.orders.services import OrderReader
+from app.orders.services import OrderReader, order_service_provider
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -81,9 +81,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "hasher": _singleton(hasher),
             "tokens": _singleton(tokens),
             "revoked": _singleton(revoked),
-            "order_cache": _singleton(order_cache),
             "order_reader": _singleton(OrderReader(order_cache, db)),
-            "outbox": _singleton(outbox),
+            "orders": order_service_provider(order_cache, outbox),
         },
         plugins=[
             SQLAlchemyPlugin(config=db),

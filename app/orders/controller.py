@@ -7,7 +7,7 @@ from uuid import UUID
 
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import ResponseHeader
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
@@ -17,7 +17,7 @@ from app.lib.openapi import RateLimitedOperation
 from app.lib.rate_limit import read_ahead_values
 from app.lib.security import SessionToken
 from app.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
-from app.orders.services import OrderReader, OrderService, provide_orders
+from app.orders.services import OrderReader, OrderService
 
 AuthRequest = Request[Principal, SessionToken, Any]
 IdempotencyKey = Annotated[
@@ -53,7 +53,6 @@ class OrderController(Controller):
     path = "/orders"
     tags = ["orders"]
     security = BEARER_REQUIRED
-    dependencies = {"orders": Provide(provide_orders)}
 
     @post(
         "/",
