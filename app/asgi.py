@@ -60,8 +60,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     redis = create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
     hasher = PasswordHasher.from_settings(settings)
     tokens = TokenCodec.from_settings(settings)
-    revoked = RevokedSessions(redis, settings.redis_key_prefix, max_lifetime=tokens.refresh_ttl)
-    auth = bearer_auth(tokens, revoked, db)
+    revoked = RevokedSessions(redis, settings.redis_key_prefix, max_lifetime=tokens.refresh_ttl, db=db)
+    auth = bearer_auth(tokens, revoked)
     client_address = ClientAddress.trusting(settings.trusted_proxies)
     stores = create_stores(redis, settings.redis_key_prefix)
     order_cache = OrderCache(cast("AtomicStore", stores.get(ORDER_CACHE_STORE)), settings.cache_ttl_seconds)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from litestar.connection import ASGIConnection
 from litestar.openapi.spec import Components, OAuthFlows, SecurityRequirement, SecurityScheme
 from litestar.security.jwt import OAuth2PasswordBearerAuth
@@ -53,7 +52,7 @@ class BearerAuth(OAuth2PasswordBearerAuth[Principal, SessionToken]):
         )
 
 
-def bearer_auth(codec: TokenCodec, revoked: RevokedSessions, db_config: SQLAlchemyAsyncConfig) -> BearerAuth:
+def bearer_auth(codec: TokenCodec, revoked: RevokedSessions) -> BearerAuth:
     """Litestar's OAuth2 bearer authentication with this service's token rules and revocation check."""
 
     async def principal_from_token(
@@ -67,11 +66,7 @@ def bearer_auth(codec: TokenCodec, revoked: RevokedSessions, db_config: SQLAlche
             return None
 
     async def is_revoked(token: SessionToken, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
-        return await revoked.contains(
-            token.session_id,
-            lambda: db_config.provide_session(connection.app.state, connection.scope),
-            read_ahead_values(connection.scope),
-        )
+        return await revoked.contains(token.session_id, read_ahead_values(connection.scope))
 
     return BearerAuth(
         token_url=TOKEN_URL,

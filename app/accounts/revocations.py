@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import structlog
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.repositories import AuthSessionRepository
+from app.lib.db import statement_session
 
 log = structlog.get_logger(__name__)
 
@@ -30,8 +31,11 @@ class RevokedSessions:
     SYNC_INTERVAL = 5.0
     SYNC_OVERLAP = 60.0  # re-read this much history: clocks differ and commits land after revoked_at
 
-    def __init__(self, redis: Redis | None, key_prefix: str, max_lifetime: timedelta) -> None:
+    def __init__(
+        self, redis: Redis | None, key_prefix: str, max_lifetime: timedelta, db: SQLAlchemyAsyncConfig
+    ) -> None:
         self.redis = redis
+        self.db = db
         self.key_prefix = f"{key_prefix}:revoked"
         self.synced_key = f"{self.key_prefix}:synced"
         self.max_lifetime = max_lifetime
@@ -40,10 +44,8 @@ class RevokedSessions:
         """The Redis keys ``contains`` reads for this session, to read ahead with the request's first call."""
         return [self._key(session_id), self.synced_key] if self.redis is not None and session_id else []
 
-    async def contains(
-        self, session_id: UUID, db: Callable[[], AsyncSession], read_ahead: Mapping[str, bytes | None]
-    ) -> bool:
-        """Whether the session is revoked; ``db()`` gives a database session, only if Redis can't answer."""
+    async def contains(self, session_id: UUID, read_ahead: Mapping[str, bytes | None]) -> bool:
+        """Whether the session is revoked; the database is asked only when Redis can't answer."""
         if self.redis is not None:
             try:
                 keys = self.keys_for(session_id)
@@ -56,10 +58,11 @@ class RevokedSessions:
                     return True
                 if synced is not None and time.time() - float(synced) < self.SYNC_INTERVAL:
                     return False
-                await self._sync(db(), since=float(synced) - self.SYNC_OVERLAP if synced else None)
+                await self._sync(since=float(synced) - self.SYNC_OVERLAP if synced else None)
             except RedisError as exc:
                 log.warning("revocation cache unreachable, asking the database", error=str(exc))
-        return await AuthSessionRepository(session=db()).is_revoked(session_id)
+        async with statement_session(self.db) as db:
+            return await AuthSessionRepository(session=db).is_revoked(session_id)
 
     async def add(self, session_id: UUID, expires_at: datetime) -> None:
         """Publish a revocation that is already committed to the database."""
@@ -70,7 +73,7 @@ class RevokedSessions:
         except RedisError as exc:
             log.warning("revocation not cached; the next sync copies it from the database", error=str(exc))
 
-    async def _sync(self, db: AsyncSession, since: float | None) -> None:
+    async def _sync(self, since: float | None) -> None:
         """Copy revocations since ``since`` (everything still unexpired if None) from PostgreSQL to Redis."""
         assert self.redis is not None
         if not await self.redis.set(f"{self.key_prefix}:sync-lock", b"1", nx=True, ex=10):
@@ -78,7 +81,8 @@ class RevokedSessions:
         started = time.time()
         oldest = datetime.now(UTC) - self.max_lifetime
         since_at = oldest if since is None else max(oldest, datetime.fromtimestamp(since, UTC))
-        revoked = await AuthSessionRepository(session=db).revoked_since(since_at)
+        async with statement_session(self.db) as db:
+            revoked = await AuthSessionRepository(session=db).revoked_since(since_at)
         async with self.redis.pipeline(transaction=False) as pipe:
             for session_id, expires_at in revoked:
                 pipe.set(self._key(session_id), b"1", exat=expires_at)

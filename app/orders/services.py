@@ -22,7 +22,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from uuid_utils.compat import uuid7
 
 from app.accounts.auth import Principal
-from app.lib.db import autocommit_engine
+from app.lib.db import autocommit_engine, statement_session
 from app.lib.errors import ConflictError, NotFoundError, UnprocessableError
 from app.lib.logging import current_request_id
 from app.lib.metrics import metric
@@ -186,7 +186,7 @@ class OrderReader:
         return msgspec.convert(rows, list[OrderRead], from_attributes=True), rows[0][-1]
 
     async def _load(self, order_id: UUID) -> Order | None:
-        async with self.db.get_session() as session:
+        async with statement_session(self.db) as session:
             return await OrderRepository(session=session).get_one_or_none(id=order_id)
 
 

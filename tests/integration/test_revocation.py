@@ -9,7 +9,15 @@ import pytest
 from app.accounts.revocations import RevokedSessions
 from app.config import Settings
 from tests.conftest import forget_redis_keys
-from tests.support import UNREACHABLE_REDIS_URL, login, register, same_stores, serving, signed_up
+from tests.support import (
+    UNREACHABLE_REDIS_URL,
+    login,
+    place_order,
+    register,
+    same_stores,
+    serving,
+    signed_up,
+)
 
 
 async def test_a_logout_is_refused_at_once_by_another_process(settings: Settings) -> None:
@@ -83,3 +91,20 @@ async def test_refresh_token_reuse_is_detected_across_processes(settings: Settin
         assert (await second.post("/token/refresh", json={"refresh_token": stolen})).status_code == 401
 
         assert (await first.get("/users/me", headers=account.headers)).status_code == 401
+
+
+async def test_checks_in_the_database_hold_no_connection_that_the_request_then_waits_for(
+    settings: Settings,
+) -> None:
+    # One pooled connection, and no Redis: every request checks its session in PostgreSQL, then its handler
+    # reads PostgreSQL too. A check that kept its connection would leave the handler waiting for the pool.
+    lean = same_stores(settings, redis_url=UNREACHABLE_REDIS_URL, database_pool_size=1)
+    async with serving(lean) as client:
+        account = await signed_up(client)
+        order = await place_order(client, account)
+        reads = [f"/orders/{order['id']}", "/orders", f"/orders/user/{account.id}", "/users/me"] * 3
+
+        async with asyncio.timeout(10):
+            answers = await asyncio.gather(*(client.get(path, headers=account.headers) for path in reads))
+
+        assert [answer.status_code for answer in answers] == [200] * len(reads)
