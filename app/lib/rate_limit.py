@@ -27,7 +27,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from app.lib.metrics import metric
-from app.lib.stores import AtomicMemoryStore, AtomicStore, Window
+from app.lib.stores import ATOMIC_STORES, AtomicMemoryStore, Window
 
 if TYPE_CHECKING:
     from litestar.connection import Request
@@ -90,7 +90,7 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
         await self.app(scope, receive, send)
 
     async def hit(self, key: str, store: Any, read_ahead: Sequence[str] = ()) -> Window:
-        if not isinstance(store, AtomicStore):
+        if not isinstance(store, ATOMIC_STORES):
             raise TypeError(f"rate limit store {self.config.store!r} can't count windows")
         try:
             window = await store.hit(key, self.window_seconds, read_ahead)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol
 
 from litestar.stores.base import StorageObject
 from litestar.stores.memory import MemoryStore
@@ -60,7 +60,6 @@ class Versioned(NamedTuple):
     value: bytes
 
 
-@runtime_checkable
 class AtomicStore(Protocol):
     async def hit(self, key: str, window_seconds: int, read: Sequence[str] = ()) -> Window:
         """Count a request; Redis also reads the (full) keys ``read`` in the same round trip."""
@@ -138,6 +137,10 @@ class AtomicMemoryStore(MemoryStore):
     def _live(self, key: str) -> StorageObject | None:
         stored = self._store.get(key)
         return None if stored is None or stored.expired else stored
+
+
+ATOMIC_STORES = (AtomicRedisStore, AtomicMemoryStore)
+"""The stores that implement ``AtomicStore``; checking these classes is cheap, unlike a runtime protocol."""
 
 
 def _join(version: int, value: bytes) -> bytes:
