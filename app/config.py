@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.argon2_memory_cost_kib < 8 * self.argon2_parallelism:
             raise ValueError("ARGON2_MEMORY_COST_KIB must be at least 8 times ARGON2_PARALLELISM")
+        if self.refresh_token_ttl_seconds < self.access_token_ttl_seconds:
+            # A revocation is remembered until its session expires; an access token must not outlive that.
+            raise ValueError("REFRESH_TOKEN_TTL_SECONDS must be at least ACCESS_TOKEN_TTL_SECONDS")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
