@@ -21,8 +21,10 @@ from app.lib.outbox import Event
 
 log = structlog.get_logger(__name__)
 
-DELIVERY_LIMIT = 5
-"""Deliveries of one message before RabbitMQ dead-letters it (each nack or lost consumer counts)."""
+DELIVERY_LIMIT = 20
+"""Deliveries of one message before RabbitMQ dead-letters it. Each nack or lost consumer counts, and so does
+every hand-back of the messages in hand when a consumer stops: room for many restarts during a backlog,
+while a message that crashes its consumer every time still ends in the dead-letter queue."""
 REQUEST_ID_HEADER = "x-request-id"
 BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, TimeoutError)
 
