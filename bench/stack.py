@@ -122,12 +122,15 @@ class Stack:
         self.worker = Role(worker, self.env, self.logs / "worker.log")
 
     async def set_up(self) -> None:
+        await self.create_database()
+        self.api.start()
+        await wait_healthy(f"{self.base_url}/health", self.api.log)
+
+    async def create_database(self) -> None:
         await admin(f'CREATE DATABASE "{self.database}"')
         await asyncio.to_thread(
             subprocess.run, [BIN / "alembic", "upgrade", "head"], cwd=ROOT, env=self.env, check=True
         )
-        self.api.start()
-        await wait_healthy(f"{self.base_url}/health", self.api.log)
 
     async def tear_down(self) -> None:
         for role in (self.consumer, self.worker, self.api):

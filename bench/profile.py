@@ -1,0 +1,163 @@
+"""CPU time per request of the API's hot paths, measured inside one process.
+
+    uv run python bench/profile.py [--requests 20000] [--only S1]
+    uv run py-spy record -o s1.svg -- .venv/bin/python bench/profile.py --only S1    # where it goes
+
+wrk's figures (bench/run.py) move with everything else this machine runs. This drives the app's ASGI
+callable directly, with production settings on the real PostgreSQL, Redis and RabbitMQ (a database,
+exchange and Redis prefix of its own, removed at the end), and reports the CPU time the API process spends
+per request: the figure that code changes move, and the budget the targets are measured against. The two
+reference apps of the benchmark are measured the same way. The HTTP server's own work (granian parses
+requests and writes responses outside Python) is not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import redirect_stderr
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the app, and bench.reference
+
+from stack import PASSWORD, Stack
+
+from app.asgi import create_app
+from app.config import Settings
+from bench.reference import bare, one_redis_get
+
+ORDER = {
+    "items": [
+        {"name": "Espresso beans", "quantity": 2, "price": "12.50"},
+        {"name": "Filter papers", "quantity": 1, "price": "3.90"},
+    ]
+}
+CONCURRENCY = 16
+
+Request = Callable[[], Awaitable[int]]
+
+
+class Client:
+    """A minimal ASGI client: an HTTP client library would spend more CPU per request than some of the
+    paths it measures."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None, query: str = ""
+    ) -> tuple[int, Any]:
+        if isinstance(body, dict):
+            body, headers = json.dumps(body).encode(), {**(headers or {}), "content-type": "application/json"}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()],
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body or b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await self.app(scope, receive, send)
+        status, content = sent[0]["status"], b"".join(message.get("body", b"") for message in sent[1:])
+        assert status < 300, (method, path, status, content[:300])
+        return status, json.loads(content) if content else None
+
+    def request(self, *args: Any, **kwargs: Any) -> Request:
+        async def call() -> int:
+            return (await self(*args, **kwargs))[0]
+
+        return call
+
+
+async def measure(call: Request, requests: int) -> tuple[float, float]:
+    """CPU microseconds per request, and requests per second, ``CONCURRENCY`` requests at a time."""
+    for _ in range(200):  # warm up: caches, pools, prepared statements
+        await call()
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await call()
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(requests // CONCURRENCY) for _ in range(CONCURRENCY)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu / requests * 1e6, requests / wall
+
+
+async def api_scenarios(client: Client) -> dict[str, tuple[str, Request]]:
+    """The benchmark's scenarios, on an account seeded with 25 orders."""
+    account = {"email": "profile@example.com", "password": PASSWORD}
+    _, user = await client("POST", "/register", body=account)
+    form = f"username={account['email']}&password={PASSWORD}".replace(" ", "+").encode()
+    _, tokens = await client("POST", "/token", {"content-type": "application/x-www-form-urlencoded"}, form)
+    auth = {"authorization": f"Bearer {tokens['access_token']}"}
+    orders = [(await client("POST", "/orders", auth, ORDER))[1]["id"] for _ in range(25)]
+    page = f"/orders/user/{user['id']}"
+    return {
+        "S1": ("GET /orders/{id} (cache hit)", client.request("GET", f"/orders/{orders[0]}", auth)),
+        "S2": ("POST /orders", client.request("POST", "/orders", auth, ORDER)),
+        "S3": ("GET /orders/user/{id}?limit=20", client.request("GET", page, auth, query="limit=20")),
+        "S4": ("GET /health", client.request("GET", "/health")),
+    }
+
+
+async def run(stack: Stack, requests: int, only: set[str]) -> None:
+    async def row(key: str, title: str, call: Request) -> None:
+        if not only or key in only:
+            cpu, rate = await measure(call, requests)
+            print(f"| {key} | {title} | {cpu:,.0f} | {rate:,.0f} |", flush=True)
+
+    for key, title, reference in (
+        ("R1", "reference: bare route", bare),
+        ("R2", "one Redis GET", one_redis_get),
+    ):
+        async with reference.lifespan():
+            await row(key, f"reference: {title}", Client(reference).request("GET", "/"))
+    app = create_app(Settings.from_env(stack.env))
+    async with app.lifespan():
+        for key, (title, call) in (await api_scenarios(Client(app))).items():
+            await row(key, title, call)
+
+
+async def main(requests: int, only: set[str]) -> None:
+    stack = Stack(settings={"RATE_LIMIT": "1000000000/minute", "AUTH_RATE_LIMIT": "1000000000/minute"})
+    print("| | scenario | CPU µs per request | req/s, one process |\n|---|---|---:|---:|")
+    try:
+        await stack.create_database()
+        with (
+            (stack.logs / "api.log").open("a") as log,
+            redirect_stderr(log),
+        ):  # a log line per request, as in production
+            await run(stack, requests, only)
+    finally:
+        await stack.tear_down()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20_000, help="requests per scenario")
+    parser.add_argument(
+        "--only", action="append", default=[], help="a scenario key (R1, S1, ...); repeatable"
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.requests, set(arguments.only)))
