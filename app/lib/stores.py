@@ -69,9 +69,13 @@ class AtomicStore(Protocol):
         """The Redis key this store keeps ``key`` under."""
         ...
 
-    async def get_versioned(self, key: str) -> Versioned | None: ...
+    async def get_versioned(self, key: str) -> Versioned | None:
+        """The value ``put_if_newer`` stored; a ValueError if what is stored has no version."""
+        ...
 
     async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool: ...
+
+    async def delete(self, key: str) -> None: ...
 
 
 class AtomicRedisStore(RedisStore):
@@ -148,7 +152,7 @@ def _join(version: int, value: bytes) -> bytes:
 
 
 def split_versioned(stored: bytes | None) -> Versioned | None:
-    """A stored ``<version>|<value>``, as written by ``put_if_newer``."""
+    """A stored ``<version>|<value>``, as written by ``put_if_newer``; a ValueError for anything else."""
     if stored is None:
         return None
     version, _, value = stored.partition(b"|")

@@ -2,7 +2,8 @@
 
 Writes go through ``put`` after their transaction commits and carry the order's version, so an older
 version never replaces a newer one, whoever writes last. Concurrent misses of one order in a process wait
-for a single database read. Any cache failure is logged and the caller carries on with the database.
+for a single database read. Any cache failure is logged and the caller carries on with the database; an
+entry that can't be read (garbage, or an older schema) counts as a miss, and is deleted and filled again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from app.orders.schemas import OrderRead
 
 log = structlog.get_logger(__name__)
 
-CACHE_READS = Counter(metric("cache_reads_total"), "Order reads by cache outcome", ["result"])
+CACHE_READS = Counter(
+    metric("cache_reads_total"),
+    "Order reads by cache outcome (error: Redis failed, or the entry was unreadable)",
+    ["result"],
+)
 
 ORDER_CACHE_STORE = "order_cache"
 """The name of the cache's store: its Redis keys are ``<REDIS_KEY_PREFIX>:order_cache:<order id>``."""
@@ -55,12 +60,20 @@ class OrderCache:
                 cached = split_versioned(read_ahead[key])
             else:
                 cached = await self.store.get_versioned(str(order_id))
+            order = _decoder.decode(cached.value) if cached else None
         except RedisError as exc:
             log.warning("order cache unreachable, reading the database", error=str(exc))
             CACHE_READS.labels("error").inc()
             return None
-        CACHE_READS.labels("hit" if cached else "miss").inc()
-        return _decoder.decode(cached.value) if cached else None
+        except ValueError as exc:  # no version, or not an OrderRead (msgspec's errors are ValueErrors)
+            log.warning(
+                "unreadable order cache entry, reading the database", order_id=str(order_id), error=str(exc)
+            )
+            CACHE_READS.labels("error").inc()
+            await self._discard(order_id)
+            return None
+        CACHE_READS.labels("hit" if order else "miss").inc()
+        return order
 
     async def put(self, order: Order) -> OrderRead:
         """Cache the committed ``order`` (unless a newer version is there already) and return its schema."""
@@ -76,6 +89,13 @@ class OrderCache:
             log.warning(
                 "order cache unreachable, entry not refreshed", order_id=str(order.id), error=str(exc)
             )
+
+    async def _discard(self, order_id: UUID) -> None:
+        """Delete an unreadable entry: with a higher version it would refuse the fresh one."""
+        try:
+            await self.store.delete(str(order_id))
+        except RedisError as exc:
+            log.warning("order cache unreachable, entry not deleted", order_id=str(order_id), error=str(exc))
 
     async def get_or_load(
         self,

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 import redis.asyncio
+from prometheus_client import REGISTRY
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -188,3 +190,51 @@ async def test_a_cached_read_costs_one_redis_round_trip(
 
     assert response.json() == order
     assert commands == ["EVALSHA"]  # rate limit, revocation check and cache entry in one call
+
+
+async def read_entry(settings: Settings, order_id: str) -> bytes | None:
+    client_redis = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        return await client_redis.get(cache_key(settings, order_id))  # type: ignore[no-any-return]
+    finally:
+        await client_redis.aclose()
+
+
+async def write_entry(settings: Settings, order_id: str, value: bytes) -> None:
+    client_redis = redis.asyncio.Redis.from_url(REDIS_URL)
+    try:
+        await client_redis.set(cache_key(settings, order_id), value, ex=300)
+    finally:
+        await client_redis.aclose()
+
+
+def cache_errors() -> float:
+    return REGISTRY.get_sample_value("orders_cache_reads_total", {"result": "error"}) or 0.0
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(b"garbage", id="no-version"),
+        pytest.param(b'999|{"id": "not a uuid", "status": 7}', id="wrong-shape-high-version"),
+        pytest.param(b'1|{"id": "00000000-0000-0000-0000-000000000000"}', id="older-shape"),
+    ],
+)
+async def test_an_unreadable_entry_is_a_miss_and_is_repaired(settings: Settings, entry: bytes) -> None:
+    async with serving(settings) as client:
+        alice = await signed_up(client)
+        order = await place_order(client, alice, "10.00")
+        path = f"/orders/{order['id']}"
+        await write_entry(settings, order["id"], entry)
+        errors = cache_errors()
+
+        first = await client.get(path, headers=alice.headers)
+        repaired = await read_entry(settings, order["id"])
+        second = await client.get(path, headers=alice.headers)
+
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json() == order
+    assert cache_errors() == errors + 1  # the second read was a hit on the repaired entry
+    assert repaired is not None
+    assert repaired.startswith(b"1|")
+    assert msgspec.json.decode(repaired.partition(b"|")[2]) == order
