@@ -15,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from tests.proxy import proxy_to
 from tests.support import REDIS_URL, UNREACHABLE_REDIS_URL, place_order, same_stores, serving, signed_up
 
 
@@ -238,3 +239,25 @@ async def test_an_unreadable_entry_is_a_miss_and_is_repaired(settings: Settings,
     assert repaired is not None
     assert repaired.startswith(b"1|")
     assert msgspec.json.decode(repaired.partition(b"|")[2]) == order
+
+
+async def test_a_write_whose_refresh_failed_is_repaired_before_the_next_read(settings: Settings) -> None:
+    with proxy_to(REDIS_URL) as proxy:
+        async with serving(same_stores(settings, redis_url=proxy.url(REDIS_URL))) as client:
+            alice = await signed_up(client)
+            order = await place_order(client, alice)
+            path = f"/orders/{order['id']}"
+            assert (await client.get(path, headers=alice.headers)).json()["status"] == "PENDING"  # cached
+
+            proxy.cut()
+            patched = await client.patch(path, json={"status": "PAID"}, headers=alice.headers)
+            proxy.restore()
+            read = await client.get(path, headers=alice.headers)
+            entry = await read_entry(settings, order["id"])
+
+    assert patched.status_code == 200, patched.text
+    assert read.status_code == 200
+    assert read.json() == patched.json()
+    assert read.json()["status"] == "PAID"
+    assert entry is not None
+    assert entry.startswith(b"2|")  # repaired for every process, not just served from this one's memory
