@@ -10,9 +10,10 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
+import asyncpg  # type: ignore[import-untyped]  # no stubs; only its exception classes are used
 import structlog
 from celery import Task
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app.lib.db import autocommit_engine, sqlalchemy_config
@@ -26,10 +27,28 @@ from app.worker.config import PROCESS_ORDER
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, PoolTimeoutError, OSError, TimeoutError)
-"""Errors of a database or network that may work again; a task failing with one is retried with backoff
-(at most a minute apart) for as long as it takes: a task that gave up would be acknowledged, and its order
-never processed."""
+
+class ConnectionLost(Exception):
+    """The database connection died during a statement. SQLAlchemy then raises a plain ``DBAPIError`` (for
+    asyncpg's ConnectionDoesNotExistError or AdminShutdownError, say) with ``connection_invalidated`` set."""
+
+
+TRANSIENT_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    OSError,
+    TimeoutError,
+    ConnectionLost,
+    # SQLAlchemy 2.0 wraps asyncpg's errors of statements, not those raised while connecting: these reach the
+    # task as asyncpg raised them.
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was closed
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: starting up, shutting down, terminated
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory or disk
+)
+"""Errors that mean the database (or network) is unavailable for now; a task failing with one is retried
+with backoff (at most a minute apart) for as long as it takes: a task that gave up would be acknowledged,
+and its order never processed. Any other error is a bug, and fails the task."""
 
 
 class WorkerRuntime:
@@ -68,7 +87,12 @@ def process_order(self: Task[[str], bool], order_id: str) -> bool:
     with structlog.contextvars.bound_contextvars(
         request_id=self.request.get("request_id"), task_id=self.request.id, order_id=order_id
     ):
-        return runtime().run(_process(UUID(order_id)))
+        try:
+            return runtime().run(_process(UUID(order_id)))
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise ConnectionLost(str(exc)) from exc
+            raise
 
 
 async def _process(order_id: UUID) -> bool:

@@ -6,8 +6,10 @@ import asyncio
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
 import aio_pika
@@ -22,7 +24,7 @@ from app.lib.db import sqlalchemy_config
 from app.lib.outbox import Outbox
 from app.orders.events import NEW_ORDER
 from tests.conftest import forget_redis_keys
-from tests.pipeline import BIN, ROOT, WORKER_PROCESSES, Pipeline, process_env
+from tests.pipeline import BIN, ROOT, WORKER_PROCESSES, Pipeline, Role, process_env
 from tests.proxy import proxy_to
 from tests.support import (
     AMQP_URL,
@@ -89,11 +91,16 @@ async def fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.Reco
 
 
 async def fetch_from(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    connection = await connect(database_url)
     try:
         return await connection.fetch(query, *args)
     finally:
         await connection.close()
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    """A connection of our own, as the ``postgres`` superuser unless the URL names another role."""
+    return await asyncpg.connect(database_url.replace("+asyncpg", ""))
 
 
 EVENTS_OF_ORDER = (
@@ -428,6 +435,15 @@ async def test_an_event_whose_task_cannot_be_dispatched_stays_in_hand_until_the_
     assert (await processed(client, alice, order["id"]))["processed_at"] is not None
 
 
+def outcomes(worker: Role, task_id: str) -> list[str]:
+    """What Celery logged of the task's runs that did not succeed: retries and failures."""
+    return [
+        line["event"]
+        for line in worker.lines()
+        if task_id in line["event"] and (" retry: " in line["event"] or " raised " in line["event"])
+    ]
+
+
 async def test_the_worker_retries_an_order_until_its_database_is_back(
     client: AsyncClient, deployment: Settings, pipeline: Pipeline
 ) -> None:
@@ -440,17 +456,94 @@ async def test_the_worker_retries_an_order_until_its_database_is_back(
         order = await place_order(client, alice)
         task_id = str(await event_id(deployment, order))
 
-        def retried() -> int:
-            return sum(
-                1 for line in worker.lines() if task_id in line["event"] and " retry: " in line["event"]
-            )
-
-        await eventually(lambda: as_awaitable(retried() >= 2), "the task to be retried", within=30)
+        await eventually(
+            lambda: as_awaitable(len(outcomes(worker, task_id)) >= 2), "the task to be retried", within=30
+        )
+        assert all(" retry: " in outcome for outcome in outcomes(worker, task_id))
         database.restore()
         done = await processed(client, alice, order["id"], within=30)
 
     assert done["processed_at"] is not None
     assert [line["event"] for line in worker.lines(order_id=order["id"])] == ["order processed"]
+
+
+@asynccontextmanager
+async def role_without_connections(database_url: str) -> AsyncIterator[tuple[str, str]]:
+    """A role (its name, and the database URL to log in with it) that may process orders, as the worker does,
+    but may not connect (CONNECTION LIMIT 0): PostgreSQL refuses it "too many connections" (53300), while
+    connecting, until ``ALTER ROLE … CONNECTION LIMIT -1``. A role of its own: superusers ignore limits."""
+    role = f"orders_worker_{uuid4().hex[:8]}"
+    parts = urlsplit(database_url)
+    database = parts.path.lstrip("/")
+    admin = await connect(database_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+        await admin.execute(
+            f'GRANT CONNECT ON DATABASE "{database}" TO "{role}";'
+            f'GRANT USAGE ON SCHEMA public TO "{role}";'
+            f'GRANT SELECT, UPDATE ON orders TO "{role}"'
+        )
+        yield role, urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    finally:
+        await admin.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')  # its grants, then the role
+        await admin.close()
+
+
+async def test_the_worker_retries_an_order_while_postgresql_refuses_its_connections(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    async with role_without_connections(deployment.database_url) as (role, as_role):
+        with pipeline.instead("worker", DATABASE_URL=as_role) as worker:
+            order = await place_order(client, alice)
+            task_id = str(await event_id(deployment, order))
+
+            await eventually(
+                lambda: as_awaitable(bool(outcomes(worker, task_id))), "the task to run", within=30
+            )
+            refused = outcomes(worker, task_id)[0]
+            assert " retry: " in refused, refused  # not failed: a failed task is acknowledged, its order lost
+            assert "too many connections" in refused, refused
+            await fetch(deployment, f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+            done = await processed(client, alice, order["id"], within=30)
+
+    assert done["processed_at"] is not None
+    assert [line["event"] for line in worker.lines(order_id=order["id"])] == ["order processed"]
+    [row] = await fetch(deployment, "SELECT version FROM orders WHERE id = $1", UUID(order["id"]))
+    assert row["version"] == 2  # created, then processed once
+
+
+async def test_the_worker_retries_an_order_whose_connection_was_terminated_mid_statement(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    with pipeline.stopped():
+        order = await place_order(client, alice)
+        task_id = str(await event_id(deployment, order))
+        locker = await connect(deployment.database_url)
+        transaction = locker.transaction()
+        await transaction.start()
+        await locker.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", UUID(order["id"]))
+    try:  # the pipeline is back: the worker's UPDATE of the order waits for our lock
+        blocked = "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+
+        async def worker_waits() -> bool:
+            return bool(await fetch(deployment, blocked, locker.get_server_pid()))
+
+        await eventually(worker_waits, "the worker to update the order", within=30)
+        [worker_backend] = await fetch(deployment, blocked, locker.get_server_pid())
+        await fetch(deployment, "SELECT pg_terminate_backend($1)", worker_backend["pid"])  # as an admin may
+
+        await eventually(lambda: as_awaitable(bool(outcomes(pipeline.worker, task_id))), "the task to end")
+        [terminated] = outcomes(pipeline.worker, task_id)
+        assert " retry: " in terminated, terminated
+        assert "ConnectionLost" in terminated, terminated
+    finally:
+        await transaction.rollback()
+        await locker.close()
+
+    assert (await processed(client, alice, order["id"], within=30))["processed_at"] is not None
+    assert [line["event"] for line in pipeline.worker.lines(order_id=order["id"])] == ["order processed"]
 
 
 async def test_a_message_returned_past_the_delivery_limit_is_dead_lettered() -> None:
