@@ -7,13 +7,14 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
 import aio_pika
 import asyncpg
+import msgspec
 import pytest
 from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +24,7 @@ from app.lib.broker import DELIVERY_LIMIT, AmqpPublisher, Topology
 from app.lib.db import sqlalchemy_config
 from app.lib.outbox import Outbox
 from app.orders.events import NEW_ORDER
+from app.orders.schemas import OrderCreate
 from tests.conftest import forget_redis_keys
 from tests.pipeline import BIN, ROOT, WORKER_PROCESSES, Pipeline, Role, process_env
 from tests.proxy import proxy_to
@@ -356,7 +358,10 @@ async def consumer_metrics(pipeline: Pipeline) -> str:
         return (await http.get("/metrics")).text
 
 
-async def test_concurrent_retries_rolled_back_leave_exactly_one_event(
+PER_USER_EVENTS = "SELECT id FROM outbox WHERE convert_from(payload, 'UTF8')::jsonb->>'user_id' = $1"
+
+
+async def test_concurrent_retries_with_one_idempotency_key_make_one_order_with_one_event(
     client: AsyncClient, deployment: Settings
 ) -> None:
     alice = await signed_up(client)
@@ -366,9 +371,66 @@ async def test_concurrent_retries_rolled_back_leave_exactly_one_event(
     answers = await asyncio.gather(*(client.post("/orders", json=body, headers=headers) for _ in range(6)))
 
     [order_id] = {response.json()["id"] for response in answers}
-    per_user = "SELECT id FROM outbox WHERE convert_from(payload, 'UTF8')::jsonb->>'user_id' = $1"
-    assert len(await fetch(deployment, per_user, alice.id)) == 1
+    assert len(await fetch(deployment, PER_USER_EVENTS, alice.id)) == 1
     assert (await processed(client, alice, order_id))["processed_at"] is not None
+
+
+async def test_an_order_whose_transaction_is_rolled_back_leaves_no_event(deployment: Settings) -> None:
+    """The rollback forced: the request's INSERT of its Idempotency-Key waits for ours, which commits first.
+
+    (Concurrent requests alone may all find the key committed and replay it without ever rolling back.)
+    """
+    async with serving(deployment) as client:
+        alice = await signed_up(client)
+        body = order_body("2.00")
+        first = msgspec.json.decode(msgspec.json.encode(body), type=OrderCreate)
+        first_id, now = uuid4(), datetime.now(UTC)
+        competitor = await connect(deployment.database_url)
+        try:
+            # Another request with the same key, in the middle of its transaction: its order and key are in.
+            transaction = competitor.transaction()
+            await transaction.start()
+            await competitor.execute(
+                "INSERT INTO orders"
+                " (id, user_id, items, total_price, status, version, created_at, updated_at)"
+                " VALUES ($1, $2, $3::jsonb, $4, 'PENDING', 1, $5, $5)",
+                first_id,
+                UUID(alice.id),
+                msgspec.json.encode(first.items).decode(),
+                first.total,
+                now,
+            )
+            await competitor.execute(
+                "INSERT INTO order_idempotency_key (user_id, key, fingerprint, order_id, created_at)"
+                " VALUES ($1, 'pay-now', $2, $3, $4)",
+                UUID(alice.id),
+                first.fingerprint(),
+                first_id,
+                now,
+            )
+            headers = {**alice.headers, "Idempotency-Key": "pay-now"}
+            posting = asyncio.create_task(client.post("/orders", json=body, headers=headers))
+
+            async def waits_for_the_competitor() -> bool:
+                blocked = "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+                return bool(await fetch(deployment, blocked, competitor.get_server_pid()))
+
+            await eventually(
+                waits_for_the_competitor, "the request to insert its key (its order and event in)"
+            )
+            await transaction.commit()  # the request's INSERT fails on the key: it rolls back and replays
+            answer = await posting
+        finally:
+            await competitor.close()
+
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["Idempotent-Replayed"] == "true"
+    assert answer.json()["id"] == str(first_id)
+    # The request's own order and its event were rolled back: only the competitor's order is there (which
+    # came without an event), and no event at all.
+    orders = await fetch(deployment, "SELECT id FROM orders WHERE user_id = $1", UUID(alice.id))
+    assert [row["id"] for row in orders] == [first_id]
+    assert await fetch(deployment, PER_USER_EVENTS, alice.id) == []
 
 
 async def test_orders_placed_while_consumer_and_worker_are_down_are_processed_after_restart(
