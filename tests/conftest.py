@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -7,7 +8,7 @@ import redis
 from httpx import AsyncClient
 
 from app.config import Settings
-from tests.support import REDIS_URL, migrated_database, serving, settings_for
+from tests.support import REDIS_URL, delete_topology, migrated_database, serving, settings_for
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +16,13 @@ def database_url() -> Iterator[str]:
     """A database of this test run's own, migrated with plain `alembic upgrade head`, dropped at the end."""
     with migrated_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_topology() -> Iterator[None]:
+    """Remove the exchanges and queues that this run's apps declared (see ``TEST_RUN``)."""
+    yield
+    asyncio.run(delete_topology(settings_for("")))
 
 
 @pytest.fixture

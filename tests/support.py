@@ -28,6 +28,8 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused at once
 JWT_SECRET = "test-secret-that-is-long-enough-for-production-use"
+TEST_RUN = uuid4().hex[:8]
+"""Names this test run's exchange and queues: runs never share a queue, nor leave messages for another."""
 PASSWORD = "correct horse battery"
 
 
@@ -66,6 +68,8 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         "redis_url": REDIS_URL,
         "redis_key_prefix": f"test-{uuid4().hex}",
         "amqp_url": AMQP_URL,
+        "events_exchange": f"orders-test-{TEST_RUN}",
+        "celery_queue": f"orders-test-{TEST_RUN}.process_order",
         "jwt_secret": JWT_SECRET,
         "argon2_time_cost": 1,
         "argon2_memory_cost_kib": 8,
@@ -89,7 +93,7 @@ async def delete_topology(settings: Settings) -> None:
         exchange = settings.events_exchange
         for queue in (f"{exchange}.new_order", f"{exchange}.new_order.dead", settings.celery_queue):
             await channel.queue_delete(queue)
-        for name in (exchange, f"{exchange}.dead"):
+        for name in (exchange, f"{exchange}.dead", settings.celery_queue):  # Celery names one after its queue
             await channel.exchange_delete(name)
 
 

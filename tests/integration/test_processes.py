@@ -24,7 +24,17 @@ from sqlalchemy.engine import Engine
 
 from app.config import Settings
 from tests.conftest import forget_redis_keys
-from tests.support import AMQP_URL, JWT_SECRET, PASSWORD, REDIS_URL, ROOT, free_port, new_email, serving
+from tests.support import (
+    AMQP_URL,
+    JWT_SECRET,
+    PASSWORD,
+    REDIS_URL,
+    ROOT,
+    TEST_RUN,
+    free_port,
+    new_email,
+    serving,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -168,6 +178,7 @@ def production_api(database_url: str, **settings: str) -> Iterator[tuple[str, su
             "REDIS_URL": REDIS_URL,
             "REDIS_KEY_PREFIX": prefix,
             "AMQP_URL": AMQP_URL,
+            "EVENTS_EXCHANGE": f"orders-test-{TEST_RUN}",
             "JWT_SECRET": JWT_SECRET,
             "ARGON2_MEMORY_COST_KIB": "8",
             "ARGON2_TIME_COST": "1",

@@ -61,7 +61,10 @@ def test_values_are_parsed_from_their_textual_form() -> None:
         ({"CACHE_TTL_SECONDS": "0"}, "CACHE_TTL_SECONDS"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"ARGON2_MEMORY_COST_KIB": "16", "ARGON2_PARALLELISM": "4"}, "ARGON2_MEMORY_COST_KIB"),
-        ({"ACCESS_TOKEN_TTL_SECONDS": "3600", "REFRESH_TOKEN_TTL_SECONDS": "600"}, "REFRESH_TOKEN_TTL_SECONDS"),
+        (
+            {"ACCESS_TOKEN_TTL_SECONDS": "3600", "REFRESH_TOKEN_TTL_SECONDS": "600"},
+            "REFRESH_TOKEN_TTL_SECONDS",
+        ),
     ],
 )
 def test_a_bad_value_names_its_variable(environ: dict[str, str], named: str) -> None:
