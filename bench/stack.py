@@ -144,7 +144,8 @@ class Stack:
         async with connection, connection.channel() as channel:
             for name in (f"{self.exchange}.new_order", f"{self.exchange}.new_order.dead", self.queue):
                 await channel.queue_delete(name)
-            for name in (self.exchange, f"{self.exchange}.dead", self.queue):  # Celery names one after its queue
+            # Celery declares an exchange named after its queue.
+            for name in (self.exchange, f"{self.exchange}.dead", self.queue):
                 await channel.exchange_delete(name)
 
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:

@@ -93,7 +93,8 @@ async def delete_topology(settings: Settings) -> None:
         exchange = settings.events_exchange
         for queue in (f"{exchange}.new_order", f"{exchange}.new_order.dead", settings.celery_queue):
             await channel.queue_delete(queue)
-        for name in (exchange, f"{exchange}.dead", settings.celery_queue):  # Celery names one after its queue
+        # Celery declares an exchange named after its queue.
+        for name in (exchange, f"{exchange}.dead", settings.celery_queue):
             await channel.exchange_delete(name)
 
 
