@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from aio_pika.connection import make_url
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
@@ -27,6 +33,8 @@ every hand-back of the messages in hand when a consumer stops: room for many res
 while a message that crashes its consumer every time still ends in the dead-letter queue."""
 REQUEST_ID_HEADER = "x-request-id"
 BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, TimeoutError)
+REPLAY_STEP_TIMEOUT = 10.0
+"""Seconds a replay waits for the broker at each step (connection, get, confirmed publication)."""
 
 
 @dataclass(frozen=True)
@@ -199,36 +207,63 @@ async def queue_depths(url: str, topology: Topology) -> dict[str, int]:
         return depths
 
 
+class ReplayStopped(Exception):
+    """A broker error ended a replay; ``replayed`` messages had been moved back before it."""
+
+    def __init__(self, replayed: int, error: BaseException) -> None:
+        super().__init__(str(error) or type(error).__name__)  # a timeout has no message of its own
+        self.replayed = replayed
+
+
 async def replay_dead_letters(url: str, topology: Topology, limit: int | None = None) -> int:
-    """Move dead-lettered messages back to the exchange as they were first published.
+    """Move dead-lettered messages back to the exchange as they were first published; how many moved.
+
+    A replay moves at most the messages the dead-letter queue held when it started (and at most ``limit``):
+    one that fails again, a malformed event that the consumer dead-letters at once, returns to the back of
+    the queue while the replay runs, and taking it again would go round without end.
 
     RabbitMQ's own headers (``x-death``, ``x-first-death-*``...) are dropped, so the message starts over
     with a fresh delivery count. Each leaves the dead-letter queue only after its republication is confirmed.
+    A broker error (each step waits ``REPLAY_STEP_TIMEOUT`` at most) raises ``ReplayStopped``; the message in
+    hand stays in the dead-letter queue (and, if its republication was confirmed, is in the queue too).
     """
     replayed = 0
-    connection = await aio_pika.connect(url)
-    async with connection, connection.channel(publisher_confirms=True, on_return_raises=True) as channel:
-        exchange, _ = await topology.declare(channel)
-        dead = await channel.get_queue(topology.dead_letter_queue)
-        while limit is None or replayed < limit:
-            message = await dead.get(fail=False)
-            if message is None:
-                break
-            headers = {
-                key: value
-                for key, value in message.headers.items()
-                if key == REQUEST_ID_HEADER or not key.startswith("x-")
-            }
-            again = aio_pika.Message(
-                body=message.body,
-                message_id=message.message_id,
-                type=message.type,
-                content_type=message.content_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                timestamp=message.timestamp,
-                headers=headers,
-            )
-            await exchange.publish(again, routing_key=topology.topic, mandatory=True)
-            await message.ack()
-            replayed += 1
+    try:
+        connection = await aio_pika.connect(url, timeout=REPLAY_STEP_TIMEOUT)
+        async with connection, connection.channel(publisher_confirms=True, on_return_raises=True) as channel:
+            exchange, _ = await topology.declare(channel)
+            dead = await channel.declare_queue(topology.dead_letter_queue, passive=True)
+            held = dead.declaration_result.message_count or 0
+            for _ in range(held if limit is None else min(held, limit)):
+                message = await dead.get(fail=False, timeout=REPLAY_STEP_TIMEOUT)
+                if message is None:  # taken by someone else meanwhile
+                    break
+                await exchange.publish(
+                    _replayed(message),
+                    routing_key=topology.topic,
+                    mandatory=True,
+                    timeout=REPLAY_STEP_TIMEOUT,
+                )
+                await message.ack()
+                replayed += 1
+    except BROKER_ERRORS as exc:
+        raise ReplayStopped(replayed, exc) from exc
     return replayed
+
+
+def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """The message as first published: its own headers kept, RabbitMQ's dropped."""
+    headers = {
+        key: value
+        for key, value in message.headers.items()
+        if key == REQUEST_ID_HEADER or not key.startswith("x-")
+    }
+    return aio_pika.Message(
+        body=message.body,
+        message_id=message.message_id,
+        type=message.type,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=message.timestamp,
+        headers=headers,
+    )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import NoReturn
 
 import click
 from litestar.plugins import CLIPluginProtocol
 
 from app.config import Settings
-from app.lib.broker import BROKER_ERRORS, Topology, queue_depths, replay_dead_letters
+from app.lib.broker import BROKER_ERRORS, ReplayStopped, Topology, queue_depths, replay_dead_letters
 from app.lib.db import sqlalchemy_config
 from app.lib.outbox import backlog
 from app.orders.events import NEW_ORDER
@@ -30,21 +31,38 @@ class EventsCLIPlugin(CLIPluginProtocol):
             try:
                 depths = asyncio.run(queue_depths(settings.amqp_url, _topology(settings)))
             except BROKER_ERRORS as exc:  # what an operator looks at when things go wrong: say it plainly
-                raise click.ClickException(f"RabbitMQ did not answer: {exc}") from None
+                _fail(f"RabbitMQ did not answer: {exc}")
             for queue, messages in depths.items():
                 click.echo(f"{queue}: {messages} message(s) ready")
 
-        @events.command(help="Publish dead-lettered events again (all of them, or --limit), oldest first.")
+        @events.command(
+            help="Publish dead-lettered events again, oldest first: those in the dead-letter queue when it "
+            "starts (or --limit of them); one that fails again waits there for the next replay."
+        )
         @click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay at most this many.")
         def replay(limit: int | None) -> None:
             settings = Settings.from_env()
             if not settings.amqp_url:
                 raise click.UsageError("AMQP_URL is not set: there is no dead-letter queue")
             topology = _topology(settings)
-            replayed = asyncio.run(replay_dead_letters(settings.amqp_url, topology, limit))
+            try:
+                replayed = asyncio.run(replay_dead_letters(settings.amqp_url, topology, limit))
+            except ReplayStopped as exc:
+                unreachable = isinstance(exc.__cause__, ConnectionError | OSError | TimeoutError)
+                _fail(
+                    f"RabbitMQ {'did not answer' if unreachable else 'refused'}: {exc}"
+                    f" (replay stopped, {exc.replayed} event(s) moved back before)"
+                )
             click.echo(
                 f"{replayed} event(s) moved from {topology.dead_letter_queue} back to {topology.queue}"
             )
+
+
+def _fail(reason: str) -> NoReturn:
+    """End the command with status 1 and the reason on one line of stderr: no traceback, and not the box
+    that rich-click draws around a ClickException, wrapped over several lines."""
+    click.echo(f"Error: {reason}", err=True)
+    raise click.exceptions.Exit(1)
 
 
 def _topology(settings: Settings) -> Topology:
