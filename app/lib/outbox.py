@@ -100,13 +100,15 @@ class Outbox:
 
     ``dispatch`` hands a committed row to this process's dispatcher and returns at once, so a request
     never waits for the broker. The dispatcher publishes what has come in, as one batch of confirmed
-    publications, and marks the confirmed rows sent with one UPDATE. Whatever it could not publish, or a
-    crash made it forget, stays unsent in the table, where the relay finds it.
+    publications, and marks the confirmed rows sent with one UPDATE; at shutdown it has ``DRAIN_TIMEOUT``
+    to finish what it was handed. Whatever it could not publish, or a crash made it forget, stays unsent in
+    the table, where the relay finds it.
     """
 
     BATCH = 200
     GRACE = timedelta(seconds=5)  # younger rows are the dispatcher's; the relay takes the older ones
     QUEUE_LIMIT = 10_000  # rows waiting for the dispatcher; past it they are left to the relay
+    DRAIN_TIMEOUT = 5.0  # seconds the shutdown gives the dispatcher (granian gives the whole shutdown 30)
 
     def __init__(self, db: SQLAlchemyAsyncConfig, publisher: Publisher, relay_interval: float) -> None:
         self.db = db
@@ -130,6 +132,22 @@ class Outbox:
                     await self._mark_sent(sent)
             except Exception:  # e.g. the database is away: the rows stay unsent and the relay sends them
                 log.exception("outbox dispatch failed; the relay will retry")
+            finally:  # done with, sent or not: what ``drain`` waits for
+                for _ in batch:
+                    queue.task_done()
+
+    async def drain(self, queue: asyncio.Queue[Event]) -> None:
+        """Let the dispatcher finish what it was handed, for ``DRAIN_TIMEOUT`` at most.
+
+        At shutdown, events committed by the last requests may still be queued, or in the batch being
+        published: without this they would wait for another process's relay, forever if none runs. What the
+        time allows goes out (confirmed, then marked sent, as ever); the rest stays unsent for the relay.
+        """
+        try:
+            async with asyncio.timeout(self.DRAIN_TIMEOUT):
+                await queue.join()
+        except TimeoutError:
+            log.warning("outbox not drained in time; the relay will send the rest", queued=queue.qsize())
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows, oldest first; several processes share the work (SKIP LOCKED)."""
@@ -184,21 +202,27 @@ class Outbox:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """While the API runs: the publisher's connection, the dispatcher and the relay; all stop with it."""
-        self._queue = asyncio.Queue()
-        tasks = [
+        """While the API runs: the publisher's connection, the dispatcher and the relay; all stop with it,
+        the dispatcher once it published what it was handed (``drain``), before the publisher closes."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._queue = queue
+        relay = asyncio.create_task(self.run_relay())
+        others = [
             asyncio.create_task(self.publisher.connect()),
-            asyncio.create_task(self.run_dispatcher(self._queue)),
-            asyncio.create_task(self.run_relay()),
+            asyncio.create_task(self.run_dispatcher(queue)),
         ]
         try:
             yield
         finally:
-            self._queue = None  # rows still queued stay unsent: the relay of a running process sends them
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.publisher.close()
+            self._queue = None  # an event dispatched from now on stays unsent, for a relay
+            relay.cancel()
+            try:
+                await self.drain(queue)
+            finally:  # cancelled meanwhile too: the rows not marked sent stay for a relay
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(relay, *others, return_exceptions=True)
+                await self.publisher.close()
 
 
 def _mark_sent(ids: set[UUID]) -> Update:
