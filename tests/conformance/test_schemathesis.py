@@ -21,9 +21,9 @@ from tests.conformance.conftest import Credentials, LiveApi
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES = int(os.environ.get("CONFORMANCE_EXAMPLES", "300"))
 # Operations with parameters or a body must each have been called with at least this many distinct cases.
-# They typically get 150 to 500; Hypothesis stops sooner when it finds no new inputs, which POST /register
-# sometimes does after 60 to 130. The others (GET /health, POST /logout, ...) have nothing to vary.
-MIN_CASES_WITH_INPUT = EXAMPLES // 6
+# They typically get 230 to 550 over all phases (POST /register has a larger budget: Hypothesis soon repeats
+# its small bodies). The others (GET /health, POST /logout, ...) have nothing to vary.
+MIN_CASES_WITH_INPUT = EXAMPLES // 2
 
 
 def test_every_operation_answers_as_documented(
