@@ -7,8 +7,9 @@ must not spend the deliveries after which the queue dead-letters a message. The 
 tracing; the task itself is idempotent, so an event delivered twice has one effect. SIGTERM stops the
 consumption, lets the messages in hand finish (a dispatch being retried ends with the attempt under way) and
 hands every message not dispatched back to the broker. Its counters are served in Prometheus format on
-``CONSUMER_METRICS_PORT`` (``orders_consumer_messages_total{outcome}``), and only its own: not the API's
-metrics that the modules it imports define.
+``CONSUMER_METRICS_PORT`` (``orders_consumer_messages_total{outcome}``, and the depth of the dead-letter
+queue, whatever put the messages there), and only its own: not the API's metrics that the modules it
+imports define.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from contextlib import suppress
 
 import msgspec
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from celery import Celery
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from app.config import Settings
-from app.lib.broker import REQUEST_ID_HEADER, Topology, close, connect
+from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, close, connect
 from app.lib.logging import configure_logging
 from app.lib.metrics import metric
 from app.orders.events import NEW_ORDER, NewOrder, decode_new_order
@@ -45,6 +46,12 @@ MESSAGES = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+DEAD_LETTERS = Gauge(
+    metric("dead_letter_queue_messages"),
+    "Events waiting in the dead-letter queue (see `litestar events replay`); more than 0 needs an operator",
+    registry=REGISTRY,
+)
+DEAD_LETTERS_POLL_SECONDS = 5.0
 DISPATCH_RETRY_SECONDS = (1.0, 30.0)
 """The first and the longest wait before the dispatch of an event in hand is tried again."""
 
@@ -66,14 +73,28 @@ class Consumer:
             _, queue = await self.topology.declare(channel)
             consumer_tag = await queue.consume(self.on_message)
             log.info("consuming", queue=self.topology.queue, prefetch=self.settings.consumer_prefetch)
+            watching = asyncio.create_task(self.watch_dead_letters(connection))
             await stop.wait()
             await queue.cancel(consumer_tag)
+            await watching
             if self.in_flight:
                 log.info("finishing messages in hand", count=len(self.in_flight))
                 await asyncio.wait(self.in_flight)
         finally:
             await close(connection, channel)
         log.info("consumer stopped")
+
+    async def watch_dead_letters(self, connection: AbstractRobustConnection) -> None:
+        """Keep ``DEAD_LETTERS`` up to date: RabbitMQ dead-letters past the delivery limit on its own."""
+        while not self.stopping.is_set():
+            try:
+                async with connection.channel() as channel:  # a failed declaration closes its channel
+                    queue = await channel.declare_queue(self.topology.dead_letter_queue, passive=True)
+                    DEAD_LETTERS.set(queue.declaration_result.message_count or 0)
+            except BROKER_ERRORS as exc:
+                log.warning("dead-letter queue not measured", error=str(exc))
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), DEAD_LETTERS_POLL_SECONDS)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

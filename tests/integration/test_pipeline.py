@@ -329,6 +329,33 @@ async def test_the_consumer_counts_what_it_did(
     assert after.get("dead_lettered", 0) - before.get("dead_lettered", 0) == 1
 
 
+async def test_the_consumer_reports_how_many_events_wait_in_the_dead_letter_queue(
+    deployment: Settings, pipeline: Pipeline
+) -> None:
+    async def waiting() -> float:
+        families = text_string_to_metric_families(await consumer_metrics(pipeline))
+        return next(
+            sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name == "orders_dead_letter_queue_messages"
+        )
+
+    async def some() -> bool:
+        return await waiting() >= 1
+
+    async def none() -> bool:
+        return await waiting() == 0
+
+    message_id = str(uuid4())
+    await publish(deployment, b"not even json", message_id=message_id)
+    await eventually(some, "the dead letter to be counted")
+
+    await dead_letter(deployment, message_id)  # taken out, as a replay does
+
+    await eventually(none, "the dead-letter queue to be counted empty")
+
+
 async def test_the_consumer_exposes_only_its_own_metrics(pipeline: Pipeline) -> None:
     names = {family.name for family in text_string_to_metric_families(await consumer_metrics(pipeline))}
 
