@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 
 import msgspec
@@ -52,6 +53,7 @@ DEAD_LETTERS = Gauge(
     registry=REGISTRY,
 )
 DEAD_LETTERS_POLL_SECONDS = 5.0
+DISPATCH_THREADS = 16
 DISPATCH_RETRY_SECONDS = (1.0, 30.0)
 """The first and the longest wait before the dispatch of an event in hand is tried again."""
 
@@ -63,6 +65,10 @@ class Consumer:
         self.topology = Topology(settings.events_exchange, NEW_ORDER)
         self.in_flight: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
+        # Each dispatch holds a thread and a broker connection until RabbitMQ confirms the task: enough of
+        # both that the confirms are awaited side by side (asyncio's default pool has CPUs + 4 threads).
+        self.dispatchers = ThreadPoolExecutor(DISPATCH_THREADS, thread_name_prefix="dispatch")
+        celery.conf.broker_pool_limit = DISPATCH_THREADS
 
     async def run(self, stop: asyncio.Event) -> None:
         self.stopping = stop
@@ -82,6 +88,7 @@ class Consumer:
                 await asyncio.wait(self.in_flight)
         finally:
             await close(connection, channel)
+            self.dispatchers.shutdown()
         log.info("consumer stopped")
 
     async def watch_dead_letters(self, connection: AbstractRobustConnection) -> None:
@@ -133,7 +140,9 @@ class Consumer:
         delay, longest = DISPATCH_RETRY_SECONDS
         while not self.stopping.is_set():
             try:
-                await asyncio.to_thread(self.dispatch, event, request_id)
+                await asyncio.get_running_loop().run_in_executor(
+                    self.dispatchers, self.dispatch, event, request_id
+                )
             except Exception as exc:  # whatever the reason, the event stays in hand
                 MESSAGES.labels("dispatch_failed").inc()
                 log.error("task not dispatched, retrying", error=str(exc), retry_in=delay)
