@@ -39,6 +39,19 @@ async def test_paths_answer_with_a_trailing_slash(client: Client, path: str) -> 
         assert response.status_code == 200
 
 
+async def test_session_paths_answer_with_a_trailing_slash(client: Client) -> None:
+    account = await signed_up(client)
+
+    refreshed = await client.post("/token/refresh/", json={"refresh_token": account.tokens["refresh_token"]})
+    assert refreshed.status_code == 200
+    fresh = bearer(refreshed.json()["access_token"])
+    me = await client.get("/users/me/", headers=fresh)
+    assert me.status_code == 200
+    assert me.json()["id"] == account.id
+    assert (await client.post("/logout/", headers=fresh)).status_code == 204
+    assert (await client.get("/users/me", headers=fresh)).status_code == 401  # the logout really happened
+
+
 async def test_duplicate_email_is_a_conflict_whatever_its_case(client: Client) -> None:
     account = await register(client)
     response = await client.post("/register", json={"email": account.email.upper(), "password": PASSWORD})

@@ -117,6 +117,21 @@ async def test_reading_an_order(client: Client, alice: Account) -> None:
         assert response.json() == placed
 
 
+async def test_listing_and_changing_orders_answer_with_a_trailing_slash(
+    client: Client, alice: Account
+) -> None:
+    order = await place_order(client, alice)
+
+    listed = await client.get("/orders/", headers=alice.headers)
+    patched = await client.patch(f"/orders/{order['id']}/", json={"status": "PAID"}, headers=alice.headers)
+
+    assert listed.status_code == 200
+    assert [listed_order["id"] for listed_order in listed.json()] == [order["id"]]
+    assert listed.headers["x-total-count"] == "1"
+    assert patched.status_code == 200
+    assert patched.json()["status"] == "PAID"
+
+
 async def test_unknown_and_foreign_orders_are_indistinguishable_404s(
     client: Client, alice: Account, bob: Account
 ) -> None:
