@@ -180,6 +180,27 @@ async def test_readiness_is_503_naming_the_failing_dependency(settings: Settings
     assert dependencies["database"]["status"] == "ok"
 
 
+@pytest.mark.parametrize(
+    ("failing", "unreachable"),
+    [
+        ("database", {"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/orders"}),
+        ("rabbitmq", {"amqp_url": "amqp://guest:guest@127.0.0.1:1/"}),
+    ],
+)
+async def test_readiness_is_503_naming_an_unreachable_database_or_broker(
+    settings: Settings, failing: str, unreachable: dict[str, str]
+) -> None:
+    async with serving(same_stores(settings, **unreachable)) as client:
+        response = await client.get("/health/ready")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    states = {name: state["status"] for name, state in body["dependencies"].items()}
+    assert states == {"database": "ok", "redis": "ok", "rabbitmq": "ok", failing: "failing"}
+    assert body["dependencies"][failing]["detail"]  # the kind of failure, e.g. ConnectionRefusedError
+
+
 async def test_openapi_document_lets_a_client_log_in(client: Client) -> None:
     response = await client.get("/schema/openapi.json")
 
