@@ -99,9 +99,11 @@ async def delete_topology(settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[AsyncClient]:
+async def serving(settings: Settings, peer: str = "127.0.0.1") -> AsyncIterator[AsyncClient]:
     """A client of an app running in the test's own event loop, lifespan included, so that requests
-    gathered together really run concurrently (Litestar's test client serialises them through a thread)."""
+    gathered together really run concurrently (Litestar's test client serialises them through a thread).
+
+    ``peer`` is the address the app sees the connection come from."""
     app = create_app(settings)
     started, stopping = asyncio.Event(), asyncio.Event()
 
@@ -115,7 +117,9 @@ async def serving(settings: Settings) -> AsyncIterator[AsyncClient]:
     if running.done():
         running.result()  # startup failed: raise its error
     try:
-        async with AsyncClient(transport=ASGITransport(app=app), base_url="http://orders.test") as client:
+        async with AsyncClient(
+            transport=ASGITransport(app=app, client=(peer, 123)), base_url="http://orders.test"
+        ) as client:
             yield client
     finally:
         stopping.set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.config import RateLimit, Settings
 from tests.support import UNREACHABLE_REDIS_URL, new_email, same_stores, serving, token_request
 
@@ -42,6 +44,31 @@ async def test_the_general_limit_applies_to_every_route_but_health_and_docs(sett
         assert (await client.get("/schema/openapi.json")).status_code == 200
 
 
+async def test_the_general_limit_answers_429_with_retry_after_and_its_window(settings: Settings) -> None:
+    async with serving(same_stores(settings, rate_limit=STRICT)) as client:
+        for _ in range(3):
+            await client.get("/users/me")
+        limited = await client.get("/users/me")
+
+    assert limited.status_code == 429
+    assert limited.headers["content-type"].startswith("application/problem+json")
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert limited.headers["ratelimit-limit"] == "3"
+    assert limited.headers["ratelimit-remaining"] == "0"
+    assert limited.headers["ratelimit-policy"] == "3;w=60"
+    assert 0 <= int(limited.headers["ratelimit-reset"]) <= 60
+
+
+async def test_docs_and_the_openapi_document_are_never_rate_limited(settings: Settings) -> None:
+    async with serving(same_stores(settings, rate_limit=STRICT, auth_rate_limit=STRICT)) as client:
+        statuses = {
+            path: [(await client.get(path, follow_redirects=False)).status_code for _ in range(5)]
+            for path in ("/docs", "/schema/openapi.json")
+        }
+
+    assert all(200 <= status < 400 for answers in statuses.values() for status in answers), statuses
+
+
 async def test_processes_share_the_counters(settings: Settings) -> None:
     limited = same_stores(settings, auth_rate_limit=STRICT)
     async with serving(limited) as first, serving(same_stores(limited)) as second:
@@ -72,3 +99,31 @@ async def test_a_request_refused_by_authentication_still_tells_its_window(settin
     assert refused.headers["ratelimit-limit"] == "3"
     assert refused.headers["ratelimit-remaining"] == "2"
     assert refused.headers["ratelimit-policy"] == "3;w=60"
+
+
+PROXY = "10.0.0.1"
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_window(settings: Settings) -> None:
+    behind_proxy = same_stores(settings, rate_limit=STRICT, trusted_proxies=(PROXY,))
+    async with serving(behind_proxy, peer=PROXY) as proxy:
+        first = [await proxy.get("/users/me", headers={"X-Forwarded-For": "198.51.100.1"}) for _ in range(4)]
+        second = await proxy.get("/users/me", headers={"X-Forwarded-For": "198.51.100.2"})
+
+    assert [response.status_code for response in first] == [401, 401, 401, 429]
+    assert second.status_code == 401
+    assert second.headers["ratelimit-remaining"] == "2"
+
+
+@pytest.mark.parametrize("trusted_proxies", [(), (PROXY,)])
+async def test_a_client_cant_leave_its_window_by_sending_forwarded_for(
+    settings: Settings, trusted_proxies: tuple[str, ...]
+) -> None:
+    direct = same_stores(settings, rate_limit=STRICT, trusted_proxies=trusted_proxies)
+    async with serving(direct, peer="192.0.2.7") as client:
+        statuses = [
+            (await client.get("/users/me", headers={"X-Forwarded-For": f"198.51.100.{n}"})).status_code
+            for n in range(4)
+        ]
+
+    assert statuses == [401, 401, 401, 429]
