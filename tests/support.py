@@ -98,6 +98,14 @@ async def delete_topology(settings: Settings) -> None:
             await channel.exchange_delete(name)
 
 
+async def ready_in_queue(name: str) -> int:
+    """How many messages wait in the RabbitMQ queue ``name``."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        declared = await channel.declare_queue(name, passive=True)
+        return declared.declaration_result.message_count or 0
+
+
 @asynccontextmanager
 async def serving(settings: Settings, peer: str = "127.0.0.1") -> AsyncIterator[AsyncClient]:
     """A client of an app running in the test's own event loop, lifespan included, so that requests

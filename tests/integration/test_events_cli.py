@@ -19,9 +19,8 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from app.lib.broker import Topology, replay_dead_letters
 from app.orders.events import NEW_ORDER
-from tests.support import AMQP_URL, eventually
+from tests.support import AMQP_URL, ROOT, eventually, ready_in_queue
 
-ROOT = Path(__file__).resolve().parents[2]
 LITESTAR = Path(sys.executable).parent / "litestar"
 UNREACHABLE_AMQP_URL = "amqp://guest:guest@127.0.0.1:1/"
 DEAD = 5
@@ -58,15 +57,8 @@ async def dead_lettered(topology: Topology, count: int) -> list[str]:
     return ids
 
 
-async def ready(queue: str) -> int:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection, connection.channel() as channel:
-        declared = await channel.declare_queue(queue, passive=True)
-        return declared.declaration_result.message_count or 0
-
-
 async def has_ready(queue: str, count: int) -> bool:
-    return await ready(queue) == count
+    return await ready_in_queue(queue) == count
 
 
 @asynccontextmanager
@@ -112,8 +104,8 @@ async def test_a_replay_with_a_limit_below_the_backlog_moves_that_many(topology:
         replayed = await replay_dead_letters(AMQP_URL, topology, limit=2)
 
     assert replayed == 2
-    assert await ready(topology.queue) == 2
-    assert await ready(topology.dead_letter_queue) == DEAD - 2
+    assert await ready_in_queue(topology.queue) == 2
+    assert await ready_in_queue(topology.dead_letter_queue) == DEAD - 2
 
 
 def replay_command(topology: Topology, amqp_url: str) -> subprocess.CompletedProcess[str]:

@@ -35,6 +35,7 @@ from tests.support import (
     eventually,
     order_body,
     place_order,
+    ready_in_queue,
     same_stores,
     serving,
     settings_for,
@@ -713,13 +714,6 @@ async def drain(queue_name: str) -> list[str]:
             ids.append(str(message.message_id))
             await message.ack()
     return ids
-
-
-async def ready_in_queue(name: str) -> int:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection, connection.channel() as channel:
-        declared = await channel.declare_queue(name, passive=True)
-        return declared.declaration_result.message_count or 0
 
 
 async def delete_queues_and_exchanges(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> None:
