@@ -90,6 +90,7 @@ class Stack:
     suffix: str = field(default_factory=lambda: secrets.token_hex(4))
     logs: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="orders-bench-")))
     port: int = field(default_factory=free_port)
+    _connection: asyncpg.Connection | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.database = f"orders_bench_{self.suffix}"
@@ -135,6 +136,8 @@ class Stack:
     async def tear_down(self) -> None:
         for role in (self.consumer, self.worker, self.api):
             role.stop()
+        if self._connection is not None:
+            await self._connection.close()
         await admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         client = redis.Redis.from_url(REDIS_URL)
         keys = list(client.scan_iter(match=f"bench-{self.suffix}:*"))
@@ -142,18 +145,20 @@ class Stack:
             client.delete(*keys)
         connection = await aio_pika.connect(AMQP_URL)
         async with connection, connection.channel() as channel:
-            for name in (f"{self.exchange}.new_order", f"{self.exchange}.new_order.dead", self.queue):
+            # <exchange>.reference: the quorum queue bench/reference.py's R3 publishes to.
+            queues = ("new_order", "new_order.dead", "reference")
+            for name in (*(f"{self.exchange}.{queue}" for queue in queues), self.queue):
                 await channel.queue_delete(name)
             # Celery declares an exchange named after its queue.
             for name in (self.exchange, f"{self.exchange}.dead", self.queue):
                 await channel.exchange_delete(name)
 
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(self.database_url)
-        try:
-            return await connection.fetch(query, *args)
-        finally:
-            await connection.close()
+        """One query (not two at once) on the run's connection: a connection per query would start a
+        PostgreSQL backend each time, whose CPU bench/run.py would count as the pipeline's."""
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self.database_url)
+        return await self._connection.fetch(query, *args)
 
     async def count(self, query: str, *args: object) -> int:
         [row] = await self.fetch(query, *args)
