@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "tokens": _singleton(tokens),
             "revoked": _singleton(revoked),
             "order_reader": _singleton(OrderReader(order_cache, db)),
-            "orders": order_service_provider(order_cache, outbox),
+            "orders": order_service_provider(db, order_cache, outbox),
         },
         plugins=[
             SQLAlchemyPlugin(config=db),

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, cast
+from typing import Protocol
 from uuid import UUID
 
 import msgspec
@@ -23,7 +23,7 @@ from advanced_alchemy.types import DateTimeUTC
 from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Index, LargeBinary, String, Table, Update, func, insert, select, text, update
+from sqlalchemy import Index, LargeBinary, String, Update, func, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.lib.db import autocommit_engine
@@ -69,8 +69,6 @@ class Event(msgspec.Struct, frozen=True):
     created_at: datetime
 
 
-INSERT_EVENT = insert(cast("Table", OutboxMessage.__table__))  # the table: no ORM bookkeeping
-"""Executed with ``msgspec.structs.asdict(event)``: one compiled statement for every event."""
 _EVENT_COLUMNS = [getattr(OutboxMessage, name) for name in Event.__struct_fields__]
 
 

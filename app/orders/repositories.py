@@ -1,15 +1,182 @@
-"""Repositories of the orders domain."""
+"""Repositories of the orders domain.
+
+Every write of an order is a method of ``OrderRepository``, each a single statement on PostgreSQL (one round
+trip on a connection in autocommit mode, atomic on its own), and every change goes through ``_changed``,
+which moves ``version`` and ``updated_at`` together: the cache keeps only the newest version of an order.
+Statements are built once; SQLAlchemy caches their compiled form.
+"""
 
 from __future__ import annotations
 
-from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, NamedTuple, cast
+from uuid import UUID
 
-from app.orders.models import Order, OrderIdempotencyKey
+import msgspec
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy import ColumnElement, Insert, Row, Table, Update, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.lib.outbox import Event, OutboxMessage
+from app.orders.models import IDEMPOTENCY_WINDOW, Order, OrderIdempotencyKey, OrderStatus
+from app.orders.schemas import OrderRead
+from app.orders.status import sources_of
+
+_orders = cast("Table", Order.__table__)
+_outbox = cast("Table", OutboxMessage.__table__)
+_keys = cast("Table", OrderIdempotencyKey.__table__)
+_ORDER_FIELDS = OrderRead.__struct_fields__
+_NATIVE = (datetime, UUID, Decimal)  # kept as they are when an order becomes column values
+
+
+class IdempotencyClaim(NamedTuple):
+    """An ``Idempotency-Key`` to record with a new order, and the fingerprint of the request's body."""
+
+    key: str
+    fingerprint: str
+
+
+class ChangedOrder(NamedTuple):
+    """An order as a write left it, and its new version."""
+
+    order: OrderRead
+    version: int
 
 
 class OrderRepository(SQLAlchemyAsyncRepository[Order]):
     model_type = Order
 
+    async def place(self, order: OrderRead, event: Event, claim: IdempotencyClaim | None) -> bool:
+        """Insert the new order and its outbox event, and record ``claim``: all of it, or nothing (and False)
+        when the user's key is already recorded for another order within the idempotency window.
+
+        An expired record of the key is taken over. Concurrent claims of one key wait for each other in the
+        unique index: one wins, the others write nothing.
+        """
+        values = _place_values(order, event, claim)
+        if self.session.get_bind().dialect.name == "postgresql":
+            placed = await self.session.execute(_PLACE_CLAIMING if claim else _PLACE, values)
+            return placed.first() is not None
+        # SQLite (the embedded default) has no INSERT inside WITH; a local file needs no round trips saved.
+        async with self.session.begin_nested() as transaction:
+            await self.session.execute(_INSERT_ORDER, values)
+            await self.session.execute(_INSERT_EVENT, values)
+            if claim is not None and (await self.session.execute(_CLAIM_SQLITE, values)).first() is None:
+                await transaction.rollback()
+                return False
+        return True
+
+    async def change_status(
+        self, order_id: UUID, status: OrderStatus, owner: UUID | None, now: datetime
+    ) -> ChangedOrder | None:
+        """Move the order to ``status`` if its status machine allows it from the current one (and, unless
+        ``owner`` is None, if it is theirs); None, and no change, if not."""
+        values = {"order_id": order_id, "status": status, "sources": sources_of(status), "now": now}
+        if owner is None:
+            row = (await self.session.execute(_CHANGE_STATUS, values)).first()
+        else:
+            row = (await self.session.execute(_CHANGE_OWN_STATUS, {**values, "owner": owner})).first()
+        return _changed_order(row) if row is not None else None
+
+    async def mark_processed(self, order_ids: Sequence[UUID], now: datetime) -> list[ChangedOrder]:
+        """Stamp ``processed_at`` on those of the orders not processed yet; the orders it stamped."""
+        rows = await self.session.execute(_STAMP, {"order_ids": list(order_ids), "now": now})
+        return [_changed_order(row) for row in rows]
+
+    async def existing(self, order_ids: Sequence[UUID]) -> set[UUID]:
+        """Which of ``order_ids`` exist."""
+        rows = await self.session.execute(_EXISTING, {"order_ids": list(order_ids)})
+        return set(rows.scalars())
+
 
 class IdempotencyKeyRepository(SQLAlchemyAsyncRepository[OrderIdempotencyKey]):
     model_type = OrderIdempotencyKey
+
+
+def _bound(table: Table, prefix: str = "", **fixed: Any) -> dict[str, Any]:
+    """Column name -> a bind parameter named ``<prefix><column>`` of the column's type (``fixed`` values
+    instead where given): the values of a row that one statement writes beside others."""
+    return {
+        column.name: fixed.get(column.name, bindparam(f"{prefix}{column.name}", type_=column.type))
+        for column in table.columns
+        if column.name in fixed or column.name in _WRITTEN[table.name]
+    }
+
+
+_WRITTEN = {
+    "orders": {*_ORDER_FIELDS, "version"} - {"processed_at"},
+    "outbox": set(Event.__struct_fields__),
+    "order_idempotency_key": {"user_id", "key", "fingerprint", "order_id", "created_at"},
+}
+_ORDER_VALUES = _bound(_orders)
+_EVENT_VALUES = _bound(_outbox, "event_")
+_KEY_VALUES = _bound(_keys, "key_", user_id=_ORDER_VALUES["user_id"], order_id=_ORDER_VALUES["id"])
+
+
+def _place_values(order: OrderRead, event: Event, claim: IdempotencyClaim | None) -> dict[str, Any]:
+    values: dict[str, Any] = msgspec.to_builtins(order, builtin_types=_NATIVE)
+    del values["processed_at"]  # SQLAlchemy would add a column to the INSERT for each key named like one
+    values.update(version=1, **{f"event_{name}": getattr(event, name) for name in Event.__struct_fields__})
+    if claim is not None:
+        values.update(
+            key_key=claim.key,
+            key_fingerprint=claim.fingerprint,
+            key_created_at=order.created_at,
+            expired_before=order.created_at - IDEMPOTENCY_WINDOW,
+        )
+    return values
+
+
+def _claim(dialect_insert: Callable[[Table], Any]) -> Insert:
+    """Record the key for the new order, or take over its expired record; returns the row it wrote."""
+    statement = dialect_insert(_keys).values(_KEY_VALUES)
+    return cast(
+        "Insert",
+        statement.on_conflict_do_update(
+            index_elements=[_keys.c.user_id, _keys.c.key],
+            set_={name: statement.excluded[name] for name in ("fingerprint", "order_id", "created_at")},
+            where=_keys.c.created_at <= bindparam("expired_before", type_=_keys.c.created_at.type),
+        ).returning(_keys.c.order_id),
+    )
+
+
+def _insert_after(table: Table, values: dict[str, Any], gate: Any) -> Insert:
+    """INSERT the row of ``values`` for each row of ``gate`` (a CTE): none if the gate wrote none."""
+    return insert(table).from_select(list(values), select(*values.values()).select_from(gate))
+
+
+_INSERT_ORDER = insert(_orders).values(_ORDER_VALUES)
+_INSERT_EVENT = insert(_outbox).values(_EVENT_VALUES)
+_CLAIM_SQLITE = _claim(sqlite.insert)
+# PostgreSQL: one statement of data-modifying CTEs. The key's foreign key to the order is checked at the end
+# of the statement, by when the order is in.
+_placed = _INSERT_ORDER.returning(_orders.c.id).cte("placed")
+_PLACE = _insert_after(_outbox, _EVENT_VALUES, _placed).returning(_outbox.c.id)
+_claimed = _claim(postgresql.insert).cte("claimed")
+_placed_if_claimed = _insert_after(_orders, _ORDER_VALUES, _claimed).returning(_orders.c.id).cte("placed")
+_PLACE_CLAIMING = _insert_after(_outbox, _EVENT_VALUES, _placed_if_claimed).returning(_outbox.c.id)
+
+
+def _changed(**values: Any) -> Update:
+    """An UPDATE of orders that moves ``version`` and ``updated_at`` with the change; returns the order."""
+    return (
+        update(_orders)
+        .values(**values, updated_at=bindparam("now"), version=_orders.c.version + 1)
+        .returning(*(_orders.c[name] for name in _ORDER_FIELDS), _orders.c.version)
+    )
+
+
+def _changed_order(row: Row[Any]) -> ChangedOrder:
+    return ChangedOrder(msgspec.convert(row, OrderRead, from_attributes=True), row.version)
+
+
+_ONE_ORDER: ColumnElement[bool] = _orders.c.id == bindparam("order_id")
+_SOME_ORDERS: ColumnElement[bool] = _orders.c.id.in_(bindparam("order_ids", expanding=True))
+_CHANGE_STATUS = _changed(status=bindparam("status")).where(
+    _ONE_ORDER, _orders.c.status.in_(bindparam("sources", expanding=True))
+)
+_CHANGE_OWN_STATUS = _CHANGE_STATUS.where(_orders.c.user_id == bindparam("owner"))
+_STAMP = _changed(processed_at=bindparam("now")).where(_SOME_ORDERS, _orders.c.processed_at.is_(None))
+_EXISTING = select(_orders.c.id).where(_SOME_ORDERS)

@@ -21,3 +21,8 @@ def check_transition(current: OrderStatus, target: OrderStatus) -> None:
     if target not in TRANSITIONS[current]:
         allowed = ", ".join(sorted(TRANSITIONS[current])) or "none, it is final"
         raise ConflictError(f"The order is {current}: it can't become {target} (allowed: {allowed})")
+
+
+def sources_of(target: OrderStatus) -> list[OrderStatus]:
+    """The statuses from which the machine allows a move to ``target``."""
+    return [status for status, targets in TRANSITIONS.items() if target in targets]

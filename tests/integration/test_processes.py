@@ -88,7 +88,7 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
     assert ready["dependencies"]["redis"]["status"] == "not configured"
 
 
-async def test_a_status_change_racing_another_write_on_the_sqlite_default_is_made(
+async def test_a_status_change_racing_another_on_the_sqlite_default_is_checked_against_the_winner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     subprocess.run(
@@ -102,11 +102,11 @@ async def test_a_status_change_racing_another_write_on_the_sqlite_default_is_mad
     raced: list[str] = []
 
     def another_write_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # SQLite locks no row on SELECT ... FOR UPDATE: the order's processing may commit in between
-        if statement.startswith("UPDATE orders SET") and not raced:
+        # Another request cancels the order right before this one's conditional UPDATE runs.
+        if statement.startswith("UPDATE orders SET status") and not raced:
             raced.append(statement)
             with sqlite3.connect(tmp_path / "orders.db") as other:
-                other.execute("UPDATE orders SET version = version + 1")
+                other.execute("UPDATE orders SET status = 'CANCELED', version = version + 1")
 
     async with serving(Settings.from_env({})) as client:
         email = new_email()
@@ -123,11 +123,12 @@ async def test_a_status_change_racing_another_write_on_the_sqlite_default_is_mad
             patched = await client.patch(path, json={"status": "PAID"}, headers=headers)
         finally:
             event.remove(Engine, "before_cursor_execute", another_write_first)
-        read = await client.get(path, headers=headers)
 
     assert raced
-    assert patched.status_code == 200, patched.text
-    assert read.json()["status"] == "PAID"
+    assert patched.status_code == 409, patched.text
+    assert "The order is CANCELED" in patched.json()["detail"]
+    with sqlite3.connect(tmp_path / "orders.db") as database:
+        assert database.execute("SELECT status FROM orders").fetchall() == [("CANCELED",)]
 
 
 def test_a_failed_upgrade_on_the_sqlite_default_leaves_nothing_behind(tmp_path: Path) -> None:
