@@ -49,7 +49,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 0.25
     amqp_url: str = ""
     events_exchange: str = "orders"
-    consumer_prefetch: PositiveInt = 64
+    consumer_prefetch: PositiveInt = 256
+    consumer_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    consumer_batch_wait_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50
     consumer_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9101
     outbox_relay_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     celery_broker_url: str = ""
@@ -79,6 +81,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.refresh_token_ttl_seconds < self.access_token_ttl_seconds:
             # A revocation is remembered until its session expires; an access token must not outlive that.
             raise ValueError("REFRESH_TOKEN_TTL_SECONDS must be at least ACCESS_TOKEN_TTL_SECONDS")
+        if self.consumer_prefetch < self.consumer_batch_size:
+            # The broker would never hand over enough events to fill a batch: each would wait its full time.
+            raise ValueError("CONSUMER_PREFETCH must be at least CONSUMER_BATCH_SIZE")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)

@@ -1,15 +1,21 @@
-"""``python -m app.consumer``: consume ``new_order`` events and dispatch ``process_order`` for each.
+"""``python -m app.consumer``: consume ``new_order`` events and hand them to the worker in batches.
 
-A message is acknowledged only after the Celery broker confirmed the task. One that is not an event goes
-to the dead-letter queue at once. One whose task can't be dispatched stays in hand, and the dispatch is
-retried with backoff until the Celery broker takes it: the failure is the broker's, not the event's, so it
-must not spend the deliveries after which the queue dead-letters a message. The task id is the event id, for
-tracing; the task itself is idempotent, so an event delivered twice has one effect. SIGTERM stops the
-consumption, lets the messages in hand finish (a dispatch being retried ends with the attempt under way) and
-hands every message not dispatched back to the broker. Its counters are served in Prometheus format on
-``CONSUMER_METRICS_PORT`` (``orders_consumer_messages_total{outcome}``, and the depth of the dead-letter
-queue, whatever put the messages there), and only its own: not the API's metrics that the modules it
-imports define.
+Each event is validated on arrival: one that is not an event goes to the dead-letter queue at once, alone.
+Valid ones gather into a batch, sent as one ``process_orders`` task once it holds ``CONSUMER_BATCH_SIZE``
+events or ``CONSUMER_BATCH_WAIT_MS`` after its first arrived, whichever comes first. Its events are
+acknowledged only after the Celery broker confirmed the task. A task that can't be sent keeps its events in
+hand and is sent again with backoff until the Celery broker takes it: the failure is the broker's, not the
+events', so it must not spend the deliveries after which the queue dead-letters a message. The task is
+idempotent, so an event delivered twice (in one batch or two) has one effect. SIGTERM stops the
+consumption, sends the batch being filled, lets the batches in hand finish (a dispatch being retried ends
+with the attempt under way) and hands every event not dispatched back to the broker.
+
+Batches are made here rather than by celery-batches, which gathers one-order tasks inside the worker: the
+cost was per Celery message (the consumer's send and confirm, RabbitMQ's persistent hop through a quorum
+queue, the worker's per-task work; see bench/RESULTS.md), and celery-batches keeps one message per order on
+both hops. Its counters are served in Prometheus format on ``CONSUMER_METRICS_PORT``
+(``orders_consumer_messages_total{outcome}``, and the depth of the dead-letter queue, whatever put the
+messages there), and only its own: not the API's metrics that the modules it imports define.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -27,13 +34,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from uuid_utils.compat import uuid7
 
 from app.config import Settings
 from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, close, connect
 from app.lib.logging import configure_logging
 from app.lib.metrics import metric
-from app.orders.events import NEW_ORDER, NewOrder, decode_new_order
-from app.worker.config import PROCESS_ORDER, create_celery
+from app.orders.events import NEW_ORDER, decode_new_order
+from app.orders.processing import OrderToProcess
+from app.worker.config import PROCESS_ORDERS, create_celery
 
 log = structlog.get_logger("app.consumer")
 
@@ -53,9 +62,17 @@ DEAD_LETTERS = Gauge(
     registry=REGISTRY,
 )
 DEAD_LETTERS_POLL_SECONDS = 5.0
-DISPATCH_THREADS = 16
+DISPATCH_THREADS = 4
+"""Batches dispatched side by side: with CONSUMER_PREFETCH events in hand, a few at most."""
 DISPATCH_RETRY_SECONDS = (1.0, 30.0)
 """The first and the longest wait before the dispatch of an event in hand is tried again."""
+
+
+class Held(NamedTuple):
+    """An event in hand: its message (acknowledged once its batch is with the Celery broker) and order."""
+
+    message: AbstractIncomingMessage
+    order: OrderToProcess
 
 
 class Consumer:
@@ -63,10 +80,11 @@ class Consumer:
         self.settings = settings
         self.celery = celery
         self.topology = Topology(settings.events_exchange, NEW_ORDER)
-        self.in_flight: set[asyncio.Task[None]] = set()
+        self.batch: list[Held] = []  # the batch being filled
+        self.batch_due: asyncio.TimerHandle | None = None  # when it is sent, full or not
+        self.in_flight: dict[asyncio.Task[None], int] = {}  # batches being dispatched, and their sizes
         self.stopping = asyncio.Event()
-        # Each dispatch holds a thread and a broker connection until RabbitMQ confirms the task: enough of
-        # both that the confirms are awaited side by side (asyncio's default pool has CPUs + 4 threads).
+        # Each dispatch holds a thread and a broker connection until RabbitMQ confirms the task.
         self.dispatchers = ThreadPoolExecutor(DISPATCH_THREADS, thread_name_prefix="dispatch")
         celery.conf.broker_pool_limit = DISPATCH_THREADS
 
@@ -82,9 +100,10 @@ class Consumer:
             watching = asyncio.create_task(self.watch_dead_letters(connection))
             await stop.wait()
             await queue.cancel(consumer_tag)
+            self.send_batch()  # now, without waiting for it to fill
             await watching
             if self.in_flight:
-                log.info("finishing messages in hand", count=len(self.in_flight))
+                log.info("finishing messages in hand", count=sum(self.in_flight.values()))
                 await asyncio.wait(self.in_flight)
         finally:
             await close(connection, channel)
@@ -104,48 +123,69 @@ class Consumer:
                 await asyncio.wait_for(self.stopping.wait(), DEAD_LETTERS_POLL_SECONDS)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.in_flight.add(task)
-        try:
-            await self.handle(message)
-        finally:
-            self.in_flight.discard(task)
-
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Validate the event and add it to the batch; a malformed one is dead-lettered alone, at once."""
         request_id = _text(message.headers.get(REQUEST_ID_HEADER))
-        with structlog.contextvars.bound_contextvars(request_id=request_id, event_id=message.message_id):
-            try:
-                event = decode_new_order(message.body)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        try:
+            event = decode_new_order(message.body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            with structlog.contextvars.bound_contextvars(request_id=request_id, event_id=message.message_id):
                 log.error(
                     "malformed event dead-lettered",
                     error=str(exc),
                     body=message.body[:200].decode(errors="replace"),
                 )
-                await message.reject(requeue=False)
-                MESSAGES.labels("dead_lettered").inc()
-                return
-            if not await self.dispatch_until_sent(event, request_id):
-                log.warning("stopping before the task was dispatched, the event goes back to the queue")
-                await message.nack(requeue=True)
-                MESSAGES.labels("requeued").inc()
-                return
-            await message.ack()
-            MESSAGES.labels("dispatched").inc()
-            log.info("order dispatched", order_id=str(event.order_id))
+            await message.reject(requeue=False)
+            MESSAGES.labels("dead_lettered").inc()
+            return
+        if self.stopping.is_set():  # delivered while the consumption was being cancelled
+            await message.nack(requeue=True)
+            MESSAGES.labels("requeued").inc()
+            return
+        self.batch.append(Held(message, OrderToProcess(event.order_id, request_id)))
+        if len(self.batch) >= self.settings.consumer_batch_size:
+            self.send_batch()
+        elif self.batch_due is None:
+            wait = self.settings.consumer_batch_wait_ms / 1000
+            self.batch_due = asyncio.get_running_loop().call_later(wait, self.send_batch)
 
-    async def dispatch_until_sent(self, event: NewOrder, request_id: str | None) -> bool:
-        """Dispatch the task, trying again with backoff while it fails; False if the consumer stops first."""
+    def send_batch(self) -> None:
+        """Dispatch the batch being filled (in a task of its own), and start a new one."""
+        if self.batch_due is not None:
+            self.batch_due.cancel()
+            self.batch_due = None
+        if self.batch:
+            batch, self.batch = self.batch, []
+            task = asyncio.create_task(self.dispatch(batch))
+            self.in_flight[task] = len(batch)
+            task.add_done_callback(self.in_flight.pop)
+
+    async def dispatch(self, batch: list[Held]) -> None:
+        """Send the batch's task; acknowledge its events once the Celery broker has it, or hand them back if
+        the consumer stops before."""
+        task_id = str(uuid7())
+        if not await self.send_until_sent(batch, task_id):
+            log.warning("stopping before the task was dispatched, the events go back to the queue")
+            for held in batch:
+                await held.message.nack(requeue=True)
+            MESSAGES.labels("requeued").inc(len(batch))
+            return
+        for held in batch:
+            await held.message.ack()
+            bound = {"request_id": held.order.request_id, "event_id": held.message.message_id}
+            with structlog.contextvars.bound_contextvars(**bound):
+                log.info("order dispatched", order_id=str(held.order.order_id), task_id=task_id)
+        MESSAGES.labels("dispatched").inc(len(batch))
+
+    async def send_until_sent(self, batch: list[Held], task_id: str) -> bool:
+        """Send the task, trying again with backoff while it fails; False if the consumer stops first."""
         delay, longest = DISPATCH_RETRY_SECONDS
+        orders = msgspec.to_builtins([held.order for held in batch])
         while not self.stopping.is_set():
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    self.dispatchers, self.dispatch, event, request_id
-                )
-            except Exception as exc:  # whatever the reason, the event stays in hand
+                await asyncio.get_running_loop().run_in_executor(self.dispatchers, self.send, orders, task_id)
+            except Exception as exc:  # whatever the reason, the events stay in hand
                 MESSAGES.labels("dispatch_failed").inc()
-                log.error("task not dispatched, retrying", error=str(exc), retry_in=delay)
+                log.error("task not dispatched, retrying", error=str(exc), retry_in=delay, task_id=task_id)
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, longest)
@@ -153,14 +193,9 @@ class Consumer:
                 return True
         return False
 
-    def dispatch(self, event: NewOrder, request_id: str | None) -> None:
+    def send(self, orders: list[Any], task_id: str) -> None:
         """Hand the task to the Celery broker; blocks (run it in a thread) until RabbitMQ confirmed it."""
-        self.celery.send_task(
-            PROCESS_ORDER,
-            args=[str(event.order_id)],
-            task_id=str(event.event_id),
-            headers={"request_id": request_id},
-        )
+        self.celery.send_task(PROCESS_ORDERS, args=[orders], task_id=task_id)
 
 
 def _text(value: object) -> str | None:

@@ -245,9 +245,9 @@ class OutboxPlugin(InitPluginProtocol):
 
 
 class InProcessBus:
-    """The publisher of the embedded default: hands each event straight to ``handler`` in this process."""
+    """The publisher of the embedded default: hands the events straight to ``handler`` in this process."""
 
-    def __init__(self, handler: Callable[[Event], Awaitable[None]]) -> None:
+    def __init__(self, handler: Callable[[Sequence[Event]], Awaitable[None]]) -> None:
         self.handler = handler
 
     async def connect(self) -> None:
@@ -257,12 +257,9 @@ class InProcessBus:
         return None
 
     async def publish_many(self, events: Sequence[Event]) -> list[bool]:
-        return [await self._handle(event) for event in events]  # one at a time: SQLite has one writer
-
-    async def _handle(self, event: Event) -> bool:
         try:
-            await self.handler(event)
-        except Exception:  # the event stays in the outbox and the relay retries it
-            log.exception("in-process event handler failed", event_id=str(event.id))
-            return False
-        return True
+            await self.handler(events)
+        except Exception:  # the events stay in the outbox and the relay retries them
+            log.exception("in-process event handler failed", event_ids=[str(event.id) for event in events])
+            return [False] * len(events)
+        return [True] * len(events)

@@ -10,7 +10,7 @@ the fallback while Redis is unreachable; atomic within the process).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
@@ -75,6 +75,10 @@ class AtomicStore(Protocol):
 
     async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool: ...
 
+    async def put_many_if_newer(self, entries: Mapping[str, Versioned], expires_in: int) -> None:
+        """``put_if_newer`` of each entry, by key; on Redis in one pipeline."""
+        ...
+
     async def delete(self, key: str) -> None: ...
 
 
@@ -98,6 +102,14 @@ class AtomicRedisStore(RedisStore):
 
     async def put_if_newer(self, key: str, version: int, value: bytes, expires_in: int) -> bool:
         return bool(await self._put_if_newer(keys=[self._make_key(key)], args=[version, value, expires_in]))
+
+    async def put_many_if_newer(self, entries: Mapping[str, Versioned], expires_in: int) -> None:
+        # One round trip for the batch, and one more for redis-py's SCRIPT EXISTS check of the pipeline.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, (version, value) in entries.items():
+                args = (version, value, expires_in)
+                await self._put_if_newer(keys=[self._make_key(key)], args=args, client=pipe)
+            await pipe.execute()
 
 
 class AtomicMemoryStore(MemoryStore):
@@ -130,6 +142,10 @@ class AtomicMemoryStore(MemoryStore):
                 return False
             self._store[key] = StorageObject.new(data=_join(version, value), expires_in=expires_in)
             return True
+
+    async def put_many_if_newer(self, entries: Mapping[str, Versioned], expires_in: int) -> None:
+        for key, (version, value) in entries.items():
+            await self.put_if_newer(key, version, value, expires_in)
 
     def full_key(self, key: str) -> str:
         return key

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from itertools import islice
 from typing import NamedTuple
 from uuid import UUID
@@ -33,7 +33,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from app.lib.metrics import metric
-from app.lib.stores import AtomicStore, split_versioned
+from app.lib.stores import AtomicStore, Versioned, split_versioned
 from app.orders.models import Order
 from app.orders.schemas import OrderRead
 
@@ -124,19 +124,39 @@ class OrderCache:
 
     async def put_read(self, order: OrderRead, version: int) -> None:
         """Cache a committed order given as its schema and version."""
+        value = _encoder.encode(order)
+        await self._refresh(
+            [(order, version)],
+            lambda: self.store.put_if_newer(str(order.id), version, value, self.ttl_seconds),
+        )
+
+    async def put_many(self, orders: Sequence[tuple[OrderRead, int]]) -> None:
+        """Cache committed orders, each given with its version, in one pipeline."""
+        entries = {str(order.id): Versioned(version, _encoder.encode(order)) for order, version in orders}
+        await self._refresh(orders, lambda: self.store.put_many_if_newer(entries, self.ttl_seconds))
+
+    async def _refresh(
+        self, orders: Sequence[tuple[OrderRead, int]], write: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Run ``write`` of the orders' entries; remember the orders if Redis fails (see the docstring)."""
         if self._unrefreshed and not await self._repair():
-            self._remember(order, version)  # Redis is failing: don't wait for it a second time
+            for order, version in orders:  # Redis is failing: don't wait for it a second time
+                self._remember(order, version)
             return
         try:
-            await self.store.put_if_newer(str(order.id), version, _encoder.encode(order), self.ttl_seconds)
+            await write()
         except RedisError as exc:
             log.warning(
-                "order cache unreachable, entry not refreshed", order_id=str(order.id), error=str(exc)
+                "order cache unreachable, entries not refreshed",
+                order_ids=[str(order.id) for order, _ in orders],
+                error=str(exc),
             )
-            self._remember(order, version)
+            for order, version in orders:
+                self._remember(order, version)
             return
         if self._unrefreshed:
-            self._forget(order.id, version)
+            for order, version in orders:
+                self._forget(order.id, version)
 
     async def _repair(self, first: UUID | None = None) -> bool:
         """Put the remembered writes (a batch of them, ``first``'s first); False if Redis failed.

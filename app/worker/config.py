@@ -7,7 +7,10 @@ from kombu import Queue
 
 from app.config import Settings
 
+PROCESS_ORDERS = "orders.process_orders"
+"""The task: a batch of orders (see app.worker.tasks)."""
 PROCESS_ORDER = "orders.process_order"
+"""The task of one order, as releases before the batches sent it."""
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -21,7 +24,9 @@ def create_celery(settings: Settings) -> Celery:
         # Acknowledge after the task ran, and hand it back if the worker process dies mid-task.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=4,
+        # Each task is a batch of up to CONSUMER_BATCH_SIZE orders: one in hand per process beyond the one
+        # running keeps every process busy.
+        worker_prefetch_multiplier=2,
         # Processing waits on the database and Redis far more than it computes: more processes than CPUs.
         worker_concurrency=settings.worker_concurrency,
         # The producer waits for RabbitMQ's confirm, and retries a refused publish before giving up.

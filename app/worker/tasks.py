@@ -6,26 +6,25 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Coroutine
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 from uuid import UUID
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; only its exception classes are used
+import msgspec
 import structlog
 from celery import Task
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app.lib.db import autocommit_engine, sqlalchemy_config
+from app.lib.db import sqlalchemy_config
 from app.lib.redis import create_redis
 from app.lib.stores import AtomicStore, create_stores
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
-from app.orders.processing import process_order as process
+from app.orders.processing import OrderToProcess, process_orders
 from app.worker import celery, settings
-from app.worker.config import PROCESS_ORDER
+from app.worker.config import PROCESS_ORDER, PROCESS_ORDERS
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 
 class ConnectionLost(Exception):
@@ -54,18 +53,25 @@ and its order never processed. Any other error is a bug, and fails the task."""
 class WorkerRuntime:
     def __init__(self) -> None:
         self.runner = asyncio.Runner()
-        # One task at a time per process, each a single statement.
-        self.db = autocommit_engine(sqlalchemy_config(settings.database_url, pool_size=2))
+        # One task at a time per process, each a statement or two.
+        self.db = sqlalchemy_config(settings.database_url, pool_size=2)
         redis = (
             create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
         )
         store = create_stores(redis, settings.redis_key_prefix).get(ORDER_CACHE_STORE)
         self.cache = OrderCache(cast("AtomicStore", store), settings.cache_ttl_seconds)
 
-    def run(self, work: Coroutine[Any, Any, T]) -> T:
+    def process(self, batch: list[OrderToProcess]) -> int:
+        """Process the batch on this process's event loop; how many orders it stamped."""
         # In the caller's context: the runner's own is a copy taken at its first run, which would give every
-        # later task the log context (request id) of the first one.
-        return self.runner.run(work, context=contextvars.copy_context())
+        # later task the log context (task id) of the first one.
+        work = process_orders(batch, self.db, self.cache)
+        try:
+            return len(self.runner.run(work, context=contextvars.copy_context()))
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise ConnectionLost(str(exc)) from exc
+            raise
 
 
 @functools.cache
@@ -73,28 +79,27 @@ def runtime() -> WorkerRuntime:
     return WorkerRuntime()
 
 
-@celery.task(
-    name=PROCESS_ORDER,
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=None,
-)
-def process_order(self: Task[[str], bool], order_id: str) -> bool:
-    """Process the order (see app.orders.processing); safe to run any number of times."""
-    with structlog.contextvars.bound_contextvars(
-        request_id=self.request.get("request_id"), task_id=self.request.id, order_id=order_id
-    ):
-        try:
-            return runtime().run(_process(UUID(order_id)))
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise ConnectionLost(str(exc)) from exc
-            raise
+RETRIED_WHILE_THE_DATABASE_IS_AWAY: dict[str, Any] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": None,
+}
 
 
-async def _process(order_id: UUID) -> bool:
-    worker = runtime()
-    return await process(order_id, worker.db, worker.cache)
+@celery.task(name=PROCESS_ORDERS, bind=True, **RETRIED_WHILE_THE_DATABASE_IS_AWAY)
+def process_orders_task(self: Task[[list[Any]], int], orders: list[Any]) -> int:
+    """Process a batch of orders, ``[[order_id, request_id], ...]`` (see app.orders.processing): one
+    statement and one Redis pipeline for the batch; safe to run any number of times."""
+    batch = msgspec.convert(orders, list[OrderToProcess], strict=False)
+    with structlog.contextvars.bound_contextvars(task_id=self.request.id):
+        return runtime().process(batch)
+
+
+@celery.task(name=PROCESS_ORDER, bind=True, **RETRIED_WHILE_THE_DATABASE_IS_AWAY)
+def process_order_task(self: Task[[str], int], order_id: str) -> int:
+    """One order, as releases before the batches sent it: tasks still queued at an upgrade are processed."""
+    batch = [OrderToProcess(UUID(order_id), self.request.get("request_id"))]
+    with structlog.contextvars.bound_contextvars(task_id=self.request.id):
+        return runtime().process(batch)

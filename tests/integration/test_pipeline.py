@@ -25,6 +25,7 @@ from app.lib.db import sqlalchemy_config
 from app.lib.outbox import Outbox
 from app.orders.events import NEW_ORDER
 from app.orders.schemas import OrderCreate
+from app.worker.config import PROCESS_ORDER, PROCESS_ORDERS, create_celery
 from tests.conftest import forget_redis_keys
 from tests.pipeline import BIN, ROOT, WORKER_PROCESSES, Pipeline, Role, process_env
 from tests.proxy import proxy_to
@@ -403,10 +404,12 @@ async def test_concurrent_retries_with_one_idempotency_key_make_one_order_with_o
     assert (await processed(client, alice, order_id))["processed_at"] is not None
 
 
-async def test_an_order_whose_transaction_is_rolled_back_leaves_no_event(deployment: Settings) -> None:
-    """The rollback forced: the request's INSERT of its Idempotency-Key waits for ours, which commits first.
+async def test_an_order_that_loses_the_race_for_its_idempotency_key_leaves_no_event(
+    deployment: Settings,
+) -> None:
+    """The race forced: the request's claim of its Idempotency-Key waits for ours, which commits first.
 
-    (Concurrent requests alone may all find the key committed and replay it without ever rolling back.)
+    (Concurrent requests alone may all find the key committed and replay it without ever waiting.)
     """
     async with serving(deployment) as client:
         alice = await signed_up(client)
@@ -446,7 +449,7 @@ async def test_an_order_whose_transaction_is_rolled_back_leaves_no_event(deploym
             await eventually(
                 waits_for_the_competitor, "the request to insert its key (its order and event in)"
             )
-            await transaction.commit()  # the request's INSERT fails on the key: it rolls back and replays
+            await transaction.commit()  # the request's claim finds the key taken: it writes nothing, replays
             answer = await posting
         finally:
             await competitor.close()
@@ -454,7 +457,7 @@ async def test_an_order_whose_transaction_is_rolled_back_leaves_no_event(deploym
     assert answer.status_code == 201, answer.text
     assert answer.headers["Idempotent-Replayed"] == "true"
     assert answer.json()["id"] == str(first_id)
-    # The request's own order and its event were rolled back: only the competitor's order is there (which
+    # The request's own order and its event were not written: only the competitor's order is there (which
     # came without an event), and no event at all.
     orders = await fetch(deployment, "SELECT id FROM orders WHERE user_id = $1", UUID(alice.id))
     assert [row["id"] for row in orders] == [first_id]
@@ -475,6 +478,114 @@ async def test_orders_placed_while_consumer_and_worker_are_down_are_processed_af
         await processed(client, alice, order["id"])
     for order in orders:
         assert [line["event"] for line in pipeline.worker.lines(order_id=order["id"])] == ["order processed"]
+    tasks = {await task_of(pipeline, order) for order in orders}
+    assert len(tasks) < len(orders)  # the backlog went to the worker in batches
+
+
+async def test_a_batch_is_sent_once_full_or_once_its_first_event_waited_long_enough(
+    client: AsyncClient, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    batching = {"CONSUMER_BATCH_SIZE": "3", "CONSUMER_BATCH_WAIT_MS": "3000"}
+    with pipeline.instead("consumer", **batching) as consumer:
+        full = [await place_order(client, alice) for _ in range(6)]
+        await eventually(
+            lambda: as_awaitable(len(consumer.lines(event="order dispatched")) == 6), "two full batches"
+        )
+        last = await place_order(client, alice)
+        await asyncio.sleep(1)
+        assert not consumer.lines(event="order dispatched", order_id=last["id"])  # its batch is not full
+        await eventually(
+            lambda: as_awaitable(bool(consumer.lines(event="order dispatched", order_id=last["id"]))),
+            "the last batch to be sent when its time is up",
+        )
+        tasks = [line["task_id"] for line in consumer.lines(event="order dispatched")]
+
+    assert [tasks.count(task) for task in dict.fromkeys(tasks)] == [3, 3, 1]
+    for order in [*full, last]:
+        await processed(client, alice, order["id"])
+
+
+async def test_a_malformed_message_is_dead_lettered_alone_and_its_neighbours_are_processed(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    message_id = str(uuid4())
+    with pipeline.stopped():  # the three wait in the queue, one after the other, to come in one batch
+        before = await place_order(client, alice)
+        await eventually(lambda: event_sent(deployment, before["id"]), "the first event to be queued")
+        await publish(deployment, b'{"event": "new_order"}', message_id=message_id)
+        after = await place_order(client, alice)
+        await eventually(lambda: event_sent(deployment, after["id"]), "the last event to be queued")
+
+    assert (await dead_letter(deployment, message_id)) is not None
+    for order in (before, after):
+        assert (await processed(client, alice, order["id"]))["processed_at"] is not None
+    assert await task_of(pipeline, before) == await task_of(pipeline, after)
+
+
+async def test_a_batch_processes_each_order_once_whatever_it_holds(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    old = await place_order(client, alice)
+    await processed(client, alice, old["id"])
+    with pipeline.stopped():
+        new = await place_order(client, alice)
+        await eventually(lambda: event_sent(deployment, new["id"]), "the event to be queued")
+        await purge(f"{deployment.events_exchange}.new_order")  # left to the batch below
+    unknown = str(uuid4())
+    batch = [[new["id"], "first"], [new["id"], "again"], [old["id"], "old"], [unknown, None]]
+
+    await asyncio.to_thread(send_task, deployment, PROCESS_ORDERS, [batch])
+
+    await eventually(
+        lambda: as_awaitable(bool(pipeline.worker.lines(order_id=unknown))), "the batch to be processed"
+    )
+    assert (await processed(client, alice, new["id"]))["processed_at"] is not None
+    said = {
+        (line["order_id"], line["request_id"]): line["event"]
+        for line in pipeline.worker.lines()
+        if line.get("request_id") in {"first", "again", "old"} or line.get("order_id") == unknown
+    }
+    assert said == {
+        (new["id"], "first"): "order processed",
+        (new["id"], "again"): "order already processed",
+        (old["id"], "old"): "order already processed",
+        (unknown, None): "order to process not found",
+    }
+    rows = await fetch(deployment, "SELECT version FROM orders WHERE id = $1", UUID(new["id"]))
+    assert [row["version"] for row in rows] == [2]  # created, then processed once
+
+
+async def test_a_one_order_task_of_an_earlier_release_is_processed(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    with pipeline.stopped():
+        order = await place_order(client, alice)
+        await eventually(lambda: event_sent(deployment, order["id"]), "the event to be queued")
+        await purge(f"{deployment.events_exchange}.new_order")  # as if the consumer had dispatched it
+
+    await asyncio.to_thread(send_task, deployment, PROCESS_ORDER, [order["id"]], headers={"request_id": "x"})
+
+    assert (await processed(client, alice, order["id"]))["processed_at"] is not None
+    assert [line["request_id"] for line in pipeline.worker.lines(order_id=order["id"])] == ["x"]
+
+
+def send_task(settings: Settings, name: str, args: list[Any], **options: Any) -> None:
+    """Send a task to the deployment's worker as a producer would, bypassing the consumer."""
+    celery = create_celery(settings)
+    try:
+        celery.send_task(name, args=args, **options)
+    finally:
+        celery.close()
+
+
+async def purge(queue_name: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        await (await channel.get_queue(queue_name)).purge()
 
 
 async def test_sigterm_lets_the_consumer_finish_the_dispatch_in_hand(
@@ -525,6 +636,17 @@ async def test_an_event_whose_task_cannot_be_dispatched_stays_in_hand_until_the_
     assert (await processed(client, alice, order["id"]))["processed_at"] is not None
 
 
+async def task_of(pipeline: Pipeline, order: dict[str, Any]) -> str:
+    """The id of the task that carries the order, as the consumer logged it when the broker took the task."""
+
+    def dispatched() -> list[dict[str, Any]]:
+        return pipeline.consumer.lines(event="order dispatched", order_id=order["id"])
+
+    await eventually(lambda: as_awaitable(bool(dispatched())), "the order to be dispatched")
+    [line] = dispatched()
+    return str(line["task_id"])
+
+
 def outcomes(worker: Role, task_id: str) -> list[str]:
     """What Celery logged of the task's runs that did not succeed: retries and failures."""
     return [
@@ -544,7 +666,7 @@ async def test_the_worker_retries_an_order_until_its_database_is_back(
     ):
         database.cut()
         order = await place_order(client, alice)
-        task_id = str(await event_id(deployment, order))
+        task_id = await task_of(pipeline, order)
 
         await eventually(
             lambda: as_awaitable(len(outcomes(worker, task_id)) >= 2), "the task to be retried", within=30
@@ -586,7 +708,7 @@ async def test_the_worker_retries_an_order_while_postgresql_refuses_its_connecti
     async with role_without_connections(deployment.database_url) as (role, as_role):
         with pipeline.instead("worker", DATABASE_URL=as_role) as worker:
             order = await place_order(client, alice)
-            task_id = str(await event_id(deployment, order))
+            task_id = await task_of(pipeline, order)
 
             await eventually(
                 lambda: as_awaitable(bool(outcomes(worker, task_id))), "the task to run", within=30
@@ -609,7 +731,6 @@ async def test_the_worker_retries_an_order_whose_connection_was_terminated_mid_s
     alice = await signed_up(client)
     with pipeline.stopped():
         order = await place_order(client, alice)
-        task_id = str(await event_id(deployment, order))
         locker = await connect(deployment.database_url)
         transaction = locker.transaction()
         await transaction.start()
@@ -621,6 +742,7 @@ async def test_the_worker_retries_an_order_whose_connection_was_terminated_mid_s
             return bool(await fetch(deployment, blocked, locker.get_server_pid()))
 
         await eventually(worker_waits, "the worker to update the order", within=30)
+        task_id = await task_of(pipeline, order)
         [worker_backend] = await fetch(deployment, blocked, locker.get_server_pid())
         await fetch(deployment, "SELECT pg_terminate_backend($1)", worker_backend["pid"])  # as an admin may
 
