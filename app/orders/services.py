@@ -1,4 +1,4 @@
-"""The orders domain's operations. Every write refreshes the order's cache entry after its commit."""
+"""The orders domain's operations. Every change of an order refreshes its cache entry after its commit."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ class OrderService(SQLAlchemyAsyncRepositoryService[Order, OrderRepository]):
         await self.repository.session.commit()  # SQLite's transaction; nothing to send in autocommit
         ORDERS_PLACED.inc()
         self.outbox.dispatch(event)
-        await self.cache.put_read(order, version=1)
+        # No cache entry yet: its processing writes one within moments, and a read before that is a miss
+        # that reads the row (there is no older entry of a new order to replace).
         return order, False
 
     async def change_status(self, principal: Principal, order_id: UUID, status: OrderStatus) -> OrderRead:

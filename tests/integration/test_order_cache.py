@@ -36,6 +36,7 @@ async def test_reads_are_served_from_the_cache_until_a_write_refreshes_it(settin
         alice = await signed_up(client)
         order = await place_order(client, alice, "10.00")
         path = f"/orders/{order['id']}"
+        assert (await client.get(path, headers=alice.headers)).status_code == 200  # the miss fills it
 
         await change_behind_the_service(
             settings.database_url, "UPDATE orders SET total_price = 999.99 WHERE id = $1", order["id"]
@@ -65,6 +66,7 @@ async def test_entries_expire_after_the_cache_ttl(settings: Settings) -> None:
     async with serving(same_stores(settings, cache_ttl_seconds=120)) as client:
         alice = await signed_up(client)
         order = await place_order(client, alice)
+        assert (await client.get(f"/orders/{order['id']}", headers=alice.headers)).status_code == 200
 
     client_redis = redis.asyncio.Redis.from_url(REDIS_URL)
     try:
