@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the app, and bench.reference
 
+import uvloop
 from stack import PASSWORD, Stack
 
 from app.asgi import create_app
@@ -179,4 +180,4 @@ if __name__ == "__main__":
         "--only", action="append", default=[], help="a scenario key (R1, S1, ...); repeatable"
     )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.requests, set(arguments.only)))
+    uvloop.run(main(arguments.requests, set(arguments.only)))  # granian's loop, where it is installed
