@@ -45,6 +45,8 @@ CACHE_READS = Counter(
     ["result"],
 )
 
+_HITS, _MISSES = CACHE_READS.labels("hit"), CACHE_READS.labels("miss")  # looked up once: ~1% of a hit
+
 ORDER_CACHE_STORE = "order_cache"
 """The name of the cache's store: its Redis keys are ``<REDIS_KEY_PREFIX>:order_cache:<order id>``."""
 
@@ -113,7 +115,7 @@ class OrderCache:
             CACHE_READS.labels("error").inc()
             await self._discard(order_id)
             return None
-        CACHE_READS.labels("hit" if order else "miss").inc()
+        (_HITS if order else _MISSES).inc()
         return order
 
     async def put(self, order: Order) -> OrderRead:
