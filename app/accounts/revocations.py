@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,8 @@ class RevokedSessions:
         self.key_prefix = f"{key_prefix}:revoked"
         self.synced_key = f"{self.key_prefix}:synced"
         self.max_lifetime = max_lifetime
+        # Remembered per session: formatting the key was ~1% of a cached read.
+        self._key = functools.lru_cache(maxsize=4096)(self._format_key)
 
     def keys_for(self, session_id: UUID | None) -> list[str]:
         """The Redis keys ``contains`` reads for this session, to read ahead with the request's first call."""
@@ -48,11 +51,11 @@ class RevokedSessions:
         """Whether the session is revoked; the database is asked only when Redis can't answer."""
         if self.redis is not None:
             try:
-                keys = self.keys_for(session_id)
+                key, synced_key = self._key(session_id), self.synced_key
                 revoked, synced = (
-                    [read_ahead[key] for key in keys]
-                    if all(key in read_ahead for key in keys)
-                    else await self.redis.mget(*keys)
+                    [read_ahead[key], read_ahead[synced_key]]
+                    if key in read_ahead and synced_key in read_ahead
+                    else await self.redis.mget(key, synced_key)
                 )
                 if revoked is not None:
                     return True
@@ -91,5 +94,5 @@ class RevokedSessions:
             await pipe.execute()
         log.info("revocations synced to redis", count=len(revoked), full=since is None)
 
-    def _key(self, session_id: UUID) -> str:
+    def _format_key(self, session_id: UUID) -> str:
         return f"{self.key_prefix}:{session_id}"

@@ -6,7 +6,7 @@ import base64
 import functools
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID, uuid4
 
 import anyio.to_thread
@@ -17,6 +17,9 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.security.jwt import Token
 
 from app.config import Settings
+
+if TYPE_CHECKING:
+    from litestar.types import Scope
 
 TokenKind = Literal["access", "refresh"]
 
@@ -98,13 +101,22 @@ class SessionToken(Token):
             raise NotAuthorizedException("Invalid token")
         return token
 
-    @property
+    @functools.cached_property  # read on every request; the token itself is remembered (see _verified)
     def session_id(self) -> UUID:
         return UUID(self.sid)
 
     @property
     def token_id(self) -> UUID:
         return UUID(str(self.jti))
+
+
+def scope_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of the (lower-case) header ``name``, read from the ASGI scope: on the request path,
+    where building Litestar's ``Headers`` of the request for one of them was ~2% of a cached read."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 class _Session(msgspec.Struct):
