@@ -42,7 +42,7 @@ from app.orders.cli import EventsCLIPlugin
 from app.orders.controller import READS_CACHED_ORDER, OrderController
 from app.orders.events import NEW_ORDER
 from app.orders.processing import in_process_handler
-from app.orders.services import OrderReader, order_service_provider
+from app.orders.services import OrderReader, OrderService
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "tokens": _singleton(tokens),
             "revoked": _singleton(revoked),
             "order_reader": _singleton(OrderReader(order_cache, db)),
-            "orders": order_service_provider(db, order_cache, outbox),
+            "orders": _singleton(OrderService(db, order_cache, outbox)),
         },
         plugins=[
             SQLAlchemyPlugin(config=db),
