@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any, cast
 from uuid import UUID
 
@@ -35,7 +35,7 @@ from app.lib.openapi import StrictStructSchemaPlugin
 from app.lib.outbox import InProcessBus, Outbox, OutboxPlugin, Publisher
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
-from app.lib.security import PasswordHasher, TokenCodec, unverified_session_id
+from app.lib.security import PasswordHasher, TokenCodec, scope_header, unverified_session_id
 from app.lib.stores import AtomicStore, create_stores
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
 from app.orders.cli import EventsCLIPlugin
@@ -45,6 +45,7 @@ from app.orders.processing import in_process_handler
 from app.orders.services import OrderReader, OrderService
 
 MAX_BODY_BYTES = 1024 * 1024
+_UUID_LENGTH = len(str(UUID(int=0)))
 
 
 @get("/docs", include_in_schema=False, opt={"exclude_from_auth": True})
@@ -94,18 +95,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         # Rate limits come before authentication, so floods of bad tokens are limited too.
         middleware=[
-            # The stricter limiter is outermost, so its headers are the ones a client sees on auth routes.
-            rate_limit_config(
-                settings.auth_rate_limit.as_config(),
-                store="auth_rate_limit",
-                client_address=client_address,
-                only_opt=AUTH_RATE_LIMITED,
-            ).middleware,
+            # One middleware counts both limits, in one Redis call; on auth routes the stricter one's headers
+            # are the ones a client sees.
             rate_limit_config(
                 settings.rate_limit.as_config(),
                 store="rate_limit",
                 client_address=client_address,
                 read_ahead=_read_ahead(revoked, order_cache),
+                stricter=rate_limit_config(
+                    settings.auth_rate_limit.as_config(),
+                    store="auth_rate_limit",
+                    client_address=client_address,
+                    only_opt=AUTH_RATE_LIMITED,
+                ),
             ).middleware,
             auth.middleware,
             # Innermost: it records the status a handler answered with; 401s and 429s raised by the
@@ -132,11 +134,20 @@ def _read_ahead(
 ) -> Callable[[Request[Any, Any, Any]], list[str]]:
     """The Redis keys a request will read: its session's revocation state, and the order it asks for."""
 
+    # Per Authorization header: a client sends the same one request after request, and decoding the token's
+    # payload and formatting the keys every time was ~5% of a cached read.
+    @functools.lru_cache(maxsize=4096)
+    def session_keys(authorization: str | None) -> tuple[str, ...]:
+        return tuple(revoked.keys_for(unverified_session_id(authorization)))
+
     def keys(request: Request[Any, Any, Any]) -> list[str]:
-        wanted = revoked.keys_for(unverified_session_id(request.headers.get("authorization")))
+        wanted = [*session_keys(scope_header(request.scope, b"authorization"))]
         if request.route_handler.opt.get(READS_CACHED_ORDER):
-            with suppress(ValueError):
-                wanted.append(order_cache.key_of(UUID(request.path_params["order_id"])))
+            order_id: str = request.path_params["order_id"]
+            if len(order_id) == _UUID_LENGTH:  # else not a UUID: the handler answers 4xx without reading it
+                # As written in the path: in another spelling it is not the cache's key, and the cache reads
+                # its own key (a second round trip) rather than finding it read ahead.
+                wanted.append(order_cache.store.full_key(order_id))
         return wanted
 
     return keys

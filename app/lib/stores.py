@@ -20,16 +20,23 @@ from litestar.stores.redis import RedisStore
 from litestar.stores.registry import StoreRegistry
 from redis.asyncio import Redis
 
+# KEYS: the #ARGV windows to count (ARGV: each one's length in seconds), then the keys to read.
+# The reply: each window's count and seconds left, then the values read.
 _HIT = b"""
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('TTL', KEYS[1])
-if ttl < 0 then
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
-    ttl = tonumber(ARGV[1])
+local reply = {}
+local windows = #ARGV
+for i = 1, windows do
+    local count = redis.call('INCR', KEYS[i])
+    local ttl = redis.call('TTL', KEYS[i])
+    if ttl < 0 then
+        redis.call('EXPIRE', KEYS[i], ARGV[i])
+        ttl = tonumber(ARGV[i])
+    end
+    reply[2 * i - 1] = count
+    reply[2 * i] = ttl
 end
-local reply = {count, ttl}
-for i = 2, #KEYS do
-    reply[i + 1] = redis.call('GET', KEYS[i])
+for i = windows + 1, #KEYS do
+    reply[windows + i] = redis.call('GET', KEYS[i])
 end
 return reply
 """
@@ -53,6 +60,8 @@ class Window(NamedTuple):
     requests: int
     resets_in: int
     read: dict[str, bytes | None] | None = None
+    also: tuple[tuple[int, int], ...] = ()
+    """``(requests, resets_in)`` of the windows counted along (``AtomicRedisStore.hit``'s ``also``)."""
 
 
 class Versioned(NamedTuple):
@@ -90,9 +99,22 @@ class AtomicRedisStore(RedisStore):
         self._hit = self._redis.register_script(_HIT)
         self._put_if_newer = self._redis.register_script(_PUT_IF_NEWER)
 
-    async def hit(self, key: str, window_seconds: int, read: Sequence[str] = ()) -> Window:
-        requests, ttl, *values = await self._hit(keys=[self._make_key(key), *read], args=[window_seconds])
-        return Window(int(requests), int(ttl), dict(zip(read, values, strict=True)) if read else None)
+    async def hit(
+        self, key: str, window_seconds: int, read: Sequence[str] = (), also: Sequence[tuple[str, int]] = ()
+    ) -> Window:
+        """Also counts, in the same call, the windows ``also`` names by full key and length (another
+        limit's, in another store on the same Redis)."""
+        keys = [self._make_key(key), *(full_key for full_key, _ in also), *read]
+        args = [window_seconds, *(seconds for _, seconds in also)]
+        reply = await self._hit(keys, args)
+        counted = 2 * (1 + len(also))
+        values = reply[counted:]
+        return Window(
+            int(reply[0]),
+            int(reply[1]),
+            dict(zip(read, values, strict=True)) if read else None,
+            tuple((int(reply[i]), int(reply[i + 1])) for i in range(2, counted, 2)),
+        )
 
     def full_key(self, key: str) -> str:
         return self._make_key(key)

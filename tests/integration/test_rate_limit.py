@@ -24,6 +24,18 @@ async def test_auth_routes_get_429_with_retry_after_past_the_auth_limit(settings
         assert limited.json()["status"] == 429
 
 
+async def test_auth_routes_count_against_the_general_limit_too(settings: Settings) -> None:
+    looser = RateLimit(requests=10, unit="minute")  # for the auth routes alone: the general limit is stricter
+    async with serving(same_stores(settings, rate_limit=STRICT, auth_rate_limit=looser)) as client:
+        answers = [await token_request(client, new_email(), "whatever-password") for _ in range(4)]
+
+    assert [response.status_code for response in answers] == [401, 401, 401, 429]
+    assert answers[0].headers["ratelimit-limit"] == "10"  # below both limits: the stricter one's window
+    assert answers[0].headers["ratelimit-remaining"] == "9"
+    assert answers[-1].headers["ratelimit-limit"] == "3"  # refused by the general limit: its window
+    assert answers[-1].headers["ratelimit-remaining"] == "0"
+
+
 async def test_the_auth_limit_leaves_other_routes_alone(settings: Settings) -> None:
     async with serving(same_stores(settings, auth_rate_limit=STRICT)) as client:
         for _ in range(4):
