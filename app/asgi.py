@@ -35,6 +35,7 @@ from app.lib.openapi import StrictStructSchemaPlugin
 from app.lib.outbox import InProcessBus, Outbox, OutboxPlugin, Publisher
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
+from app.lib.redis_pipe import close_pipelined
 from app.lib.security import PasswordHasher, TokenCodec, scope_header, unverified_session_id
 from app.lib.stores import AtomicStore, create_stores
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
@@ -117,7 +118,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         stores=stores,
         cors_config=cors,
         openapi_config=_openapi(auth.openapi_components),
-        on_shutdown=[redis.aclose] if redis is not None else [],
+        on_shutdown=[functools.partial(close_pipelined, redis), redis.aclose] if redis is not None else [],
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
         debug=False,

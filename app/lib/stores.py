@@ -20,6 +20,8 @@ from litestar.stores.redis import RedisStore
 from litestar.stores.registry import StoreRegistry
 from redis.asyncio import Redis
 
+from app.lib.redis_pipe import PipelinedRedis
+
 # KEYS: the #ARGV windows to count (ARGV: each one's length in seconds), then the keys to read.
 # The reply: each window's count and seconds left, then the values read.
 _HIT = b"""
@@ -106,7 +108,9 @@ class AtomicRedisStore(RedisStore):
         limit's, in another store on the same Redis)."""
         keys = [self._make_key(key), *(full_key for full_key, _ in also), *read]
         args = [window_seconds, *(seconds for _, seconds in also)]
-        reply = await self._hit(keys, args)
+        # The request path's one Redis call: pipelined with the other requests' (see app/lib/redis_pipe.py).
+        pipe = PipelinedRedis.of(self._redis)
+        reply = await (pipe.evalsha(self._hit.sha, _HIT, keys, args) if pipe else self._hit(keys, args))
         counted = 2 * (1 + len(also))
         values = reply[counted:]
         return Window(

@@ -15,6 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.lib.redis_pipe import PipelinedRedis
 from tests.proxy import proxy_to
 from tests.support import REDIS_URL, UNREACHABLE_REDIS_URL, place_order, same_stores, serving, signed_up
 
@@ -183,12 +184,19 @@ async def test_a_cached_read_costs_one_redis_round_trip(
 
         commands: list[str] = []
         send = redis.asyncio.Redis.execute_command
+        send_pipelined = PipelinedRedis.execute
 
         async def counted(self: redis.asyncio.Redis, *args: Any, **options: Any) -> Any:
             commands.append(str(args[0]))
             return await send(self, *args, **options)
 
+        async def counted_pipelined(self: PipelinedRedis, *args: Any) -> Any:
+            commands.append(str(args[0]))
+            return await send_pipelined(self, *args)
+
+        # Both ways to Redis: redis-py's client, and the connection the request path pipelines on.
         monkeypatch.setattr(redis.asyncio.Redis, "execute_command", counted)
+        monkeypatch.setattr(PipelinedRedis, "execute", counted_pipelined)
         response = await client.get(path, headers=alice.headers)
 
     assert response.json() == order

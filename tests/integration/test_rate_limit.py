@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from redis.asyncio import Redis
 
 from app.config import RateLimit, Settings
+from app.lib.redis_pipe import PipelinedRedis
 from tests.support import UNREACHABLE_REDIS_URL, new_email, same_stores, serving, token_request
 
 STRICT = RateLimit(requests=3, unit="minute")
@@ -34,6 +38,30 @@ async def test_auth_routes_count_against_the_general_limit_too(settings: Setting
     assert answers[0].headers["ratelimit-remaining"] == "9"
     assert answers[-1].headers["ratelimit-limit"] == "3"  # refused by the general limit: its window
     assert answers[-1].headers["ratelimit-remaining"] == "0"
+
+
+async def test_an_auth_route_counts_both_limits_in_one_redis_call(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(settings) as client:
+        await token_request(client, new_email(), "whatever-password")  # connected, script loaded
+        scripts: list[str] = []
+        send, send_pipelined = Redis.execute_command, PipelinedRedis.execute
+
+        async def counted(self: Redis, *args: Any, **options: Any) -> Any:
+            scripts.extend([str(args[0])] if str(args[0]).startswith("EVAL") else [])
+            return await send(self, *args, **options)
+
+        async def counted_pipelined(self: PipelinedRedis, *args: Any) -> Any:
+            scripts.extend([str(args[0])] if str(args[0]).startswith("EVAL") else [])
+            return await send_pipelined(self, *args)
+
+        monkeypatch.setattr(Redis, "execute_command", counted)
+        monkeypatch.setattr(PipelinedRedis, "execute", counted_pipelined)
+        response = await token_request(client, new_email(), "whatever-password")
+
+    assert response.status_code == 401
+    assert scripts == ["EVALSHA"]
 
 
 async def test_the_auth_limit_leaves_other_routes_alone(settings: Settings) -> None:
