@@ -108,10 +108,6 @@ class _Replies(asyncio.Protocol):
             self.transport.abort()
             self.transport = None
 
-    @property
-    def usable(self) -> bool:
-        return self.transport is not None and self.loop is asyncio.get_running_loop()
-
 
 class PipelinedRedis:
     """Commands to one Redis server over a single connection per process, pipelined across callers."""
@@ -163,7 +159,7 @@ class PipelinedRedis:
         command = _pack(args)
         for attempt in (1, 2):
             replies = self._replies
-            if replies is None or not replies.usable:
+            if replies is None or replies.transport is None:  # like redis-py's, bound to one event loop
                 replies = await self._connect()
             try:
                 reply = await replies.send(command)
