@@ -65,6 +65,9 @@ def test_values_are_parsed_from_their_textual_form() -> None:
             {"ACCESS_TOKEN_TTL_SECONDS": "3600", "REFRESH_TOKEN_TTL_SECONDS": "600"},
             "REFRESH_TOKEN_TTL_SECONDS",
         ),
+        ({"CONSUMER_BATCH_SIZE": "0"}, "CONSUMER_BATCH_SIZE"),
+        ({"CONSUMER_BATCH_WAIT_MS": "0"}, "CONSUMER_BATCH_WAIT_MS"),
+        ({"CONSUMER_PREFETCH": "50", "CONSUMER_BATCH_SIZE": "100"}, "CONSUMER_PREFETCH"),
     ],
 )
 def test_a_bad_value_names_its_variable(environ: dict[str, str], named: str) -> None:
