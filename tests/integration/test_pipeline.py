@@ -612,6 +612,27 @@ async def test_sigterm_lets_the_consumer_finish_the_dispatch_in_hand(
     assert await ready_in_queue(f"{deployment.events_exchange}.new_order") == 0
 
 
+async def test_a_consumer_killed_mid_batch_leaves_its_events_to_the_next_one(
+    client: AsyncClient, deployment: Settings, pipeline: Pipeline
+) -> None:
+    alice = await signed_up(client)
+    with proxy_to(AMQP_URL) as celery_broker:
+        celery_broker.hold()  # the batch's task can't reach the Celery broker
+        with pipeline.instead("consumer", CELERY_BROKER_URL=celery_broker.url(AMQP_URL)) as consumer:
+            orders = [await place_order(client, alice) for _ in range(3)]
+            await eventually(
+                lambda: as_awaitable(celery_broker.accepted > 0), "the consumer to start dispatching"
+            )
+            consumer.stop(signal.SIGKILL)
+        celery_broker.release()  # the pipeline's own consumer is back, and takes the events over
+
+    for order in orders:
+        assert (await processed(client, alice, order["id"]))["processed_at"] is not None
+    ids = [UUID(order["id"]) for order in orders]
+    rows = await fetch(deployment, "SELECT version FROM orders WHERE id = ANY($1)", ids)
+    assert [row["version"] for row in rows] == [2, 2, 2]  # created, then processed once
+
+
 async def test_an_event_whose_task_cannot_be_dispatched_stays_in_hand_until_the_consumer_stops(
     client: AsyncClient, deployment: Settings, pipeline: Pipeline
 ) -> None:
