@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()
 _HANDLER_NAME = "app"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 """A request id a client may choose (others are replaced by a new one)."""
@@ -106,14 +107,16 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.log = structlog.get_logger("app.access")
+        # Bound now, after configure_logging: the lazy proxy get_logger returns resolves itself on every
+        # call, ~10% of the line's cost.
+        self.log = structlog.get_logger("app.access").bind()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         request_id = _incoming_request_id(scope) or _new_request_id()
-        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+        header = (_REQUEST_ID_NAME, request_id.encode())
         status = 500
         started = time.perf_counter()
 
