@@ -106,18 +106,20 @@ class AtomicRedisStore(RedisStore):
     ) -> Window:
         """Also counts, in the same call, the windows ``also`` names by full key and length (another
         limit's, in another store on the same Redis)."""
-        keys = [self._make_key(key), *(full_key for full_key, _ in also), *read]
-        args = [window_seconds, *(seconds for _, seconds in also)]
+        keys, args = [self._make_key(key)], [window_seconds]
+        for full_key, seconds in also:  # a loop, not generators: this runs on every request
+            keys.append(full_key)
+            args.append(seconds)
+        keys += read
         # The request path's one Redis call: pipelined with the other requests' (see app/lib/redis_pipe.py).
         pipe = PipelinedRedis.of(self._redis)
         reply = await (pipe.evalsha(self._hit.sha, _HIT, keys, args) if pipe else self._hit(keys, args))
-        counted = 2 * (1 + len(also))
-        values = reply[counted:]
+        counted = 2 * len(args)
         return Window(
             int(reply[0]),
             int(reply[1]),
-            dict(zip(read, values, strict=True)) if read else None,
-            tuple((int(reply[i]), int(reply[i + 1])) for i in range(2, counted, 2)),
+            dict(zip(read, reply[counted:], strict=True)) if read else None,
+            tuple((int(reply[i]), int(reply[i + 1])) for i in range(2, counted, 2)) if also else (),
         )
 
     def full_key(self, key: str) -> str:
