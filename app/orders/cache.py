@@ -20,6 +20,7 @@ background, so it works the same in the API and in the worker's per-task event l
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -52,6 +53,10 @@ ORDER_CACHE_STORE = "order_cache"
 
 _decoder = msgspec.json.Decoder(OrderRead)
 _encoder = msgspec.json.Encoder()
+# An entry read again is not decoded again: decoding (with the schema's validation) was ~7% of a cached
+# read's CPU (bench/profile.py, 2026-12-02). Keyed by the entry's bytes, so a changed order is a new key; an
+# unreadable entry raises and is not kept. The orders it returns are shared: callers must not modify them.
+_decoded = functools.lru_cache(maxsize=1024)(_decoder.decode)
 
 
 MAX_UNREFRESHED = 10_000
@@ -103,7 +108,7 @@ class OrderCache:
                 cached = split_versioned(read_ahead[key])
             else:
                 cached = await self.store.get_versioned(str(order_id))
-            order = _decoder.decode(cached.value) if cached else None
+            order = _decoded(cached.value) if cached else None
         except RedisError as exc:
             log.warning("order cache unreachable, reading the database", error=str(exc))
             CACHE_READS.labels("error").inc()

@@ -271,3 +271,21 @@ async def test_a_write_whose_refresh_failed_is_repaired_before_the_next_read(set
     assert read.json()["status"] == "PAID"
     assert entry is not None
     assert entry.startswith(b"2|")  # repaired for every process, not just served from this one's memory
+
+
+async def test_an_entry_another_process_wrote_is_served_as_written(settings: Settings) -> None:
+    async with serving(settings) as client:
+        alice = await signed_up(client)
+        order = await place_order(client, alice)
+        path = f"/orders/{order['id']}"
+        for _ in range(2):  # cached, then a hit: its decoded form is remembered
+            assert (await client.get(path, headers=alice.headers)).json() == order
+        entry = await read_entry(settings, order["id"])
+        assert entry is not None
+        version, _, _ = entry.partition(b"|")
+        paid = {**order, "status": "PAID"}
+        await write_entry(settings, order["id"], b"%d|%b" % (int(version) + 1, msgspec.json.encode(paid)))
+
+        read = await client.get(path, headers=alice.headers)
+
+    assert read.json() == paid
