@@ -16,12 +16,26 @@ from uuid import UUID
 
 import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import ColumnElement, Insert, Row, Table, Update, bindparam, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Row,
+    Table,
+    Text,
+    Update,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.lib.outbox import Event, OutboxMessage
 from app.orders.models import IDEMPOTENCY_WINDOW, Order, OrderIdempotencyKey, OrderStatus
-from app.orders.schemas import OrderRead
+from app.orders.schemas import OrderItem, OrderRead
 from app.orders.status import sources_of
 
 _orders = cast("Table", Order.__table__)
@@ -180,3 +194,57 @@ _CHANGE_STATUS = _changed(status=bindparam("status")).where(
 _CHANGE_OWN_STATUS = _CHANGE_STATUS.where(_orders.c.user_id == bindparam("owner"))
 _STAMP = _changed(processed_at=bindparam("now")).where(_SOME_ORDERS, _orders.c.processed_at.is_(None))
 _EXISTING = select(_orders.c.id).where(_SOME_ORDERS)
+
+
+_TOTAL = select(func.count()).select_from(_orders).where(_orders.c.user_id == bindparam("user_id"))
+# The total rides along as an uncorrelated subquery, which the database evaluates once per query; the items
+# come as their JSON text, decoded straight into the schema by msgspec.
+_PAGE = (
+    select(
+        *(_orders.c[name] if name != "items" else _orders.c["items"].cast(Text) for name in _ORDER_FIELDS),
+        _TOTAL.scalar_subquery(),
+    )
+    .where(_orders.c.user_id == bindparam("user_id"))
+    .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+)
+# asyncpg's SQL ($1: user_id, $2: limit, $3: offset); the dialect's class has no type hints.
+_PAGE_POSTGRESQL = str(_PAGE.compile(dialect=asyncpg.dialect()))  # type: ignore[no-untyped-call]
+_ITEMS = msgspec.json.Decoder(list[OrderItem])
+
+
+async def read_page(
+    connection: AsyncConnection, user_id: UUID, limit: int, offset: int
+) -> tuple[list[OrderRead], int]:
+    """One page of the user's orders, newest first, and how many there are in all; on any connection (a
+    read needs no session, which would cost more than the query: see ``OrderReader``).
+
+    The hottest query of the API. On PostgreSQL it goes to asyncpg directly: SQLAlchemy's execution and
+    result processing, and converting its rows with validation, cost twice the rest of a page of 20
+    (bench/profile.py S3, 2026-12-02: ~590 µs through SQLAlchemy, ~280 µs this way). Its errors are then
+    asyncpg's own.
+    """
+    if connection.dialect.name == "postgresql":
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        rows: Sequence[Any] = await driver.fetch(_PAGE_POSTGRESQL, user_id, limit, offset)
+    else:
+        rows = (await connection.execute(_PAGE, {"user_id": user_id, "limit": limit, "offset": offset})).all()
+    if not rows:  # past the last page, the total has no row to ride on
+        return [], await connection.scalar(_TOTAL, {"user_id": user_id}) or 0
+    return [_page_row(row) for row in rows], rows[0][-1]
+
+
+def _page_row(row: Sequence[Any]) -> OrderRead:
+    """A row of ``_PAGE`` as the schema: its values are typed by the driver or SQLAlchemy already."""
+    order_id, user_id, items, total_price, status, created_at, updated_at, processed_at, _ = row
+    return OrderRead(
+        id=order_id,
+        user_id=user_id,
+        items=_ITEMS.decode(items),
+        total_price=total_price,
+        status=OrderStatus(status),
+        created_at=created_at,
+        updated_at=updated_at,
+        processed_at=processed_at,
+    )

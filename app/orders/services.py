@@ -7,10 +7,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from uuid import UUID
 
-import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from prometheus_client import Counter
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import select
 from uuid_utils.compat import uuid7
 
 from app.accounts.auth import Principal
@@ -22,7 +21,7 @@ from app.lib.outbox import Outbox
 from app.orders.cache import OrderCache, to_read
 from app.orders.events import new_order_message
 from app.orders.models import Order, OrderIdempotencyKey, OrderStatus
-from app.orders.repositories import IdempotencyClaim, IdempotencyKeyRepository, OrderRepository
+from app.orders.repositories import IdempotencyClaim, IdempotencyKeyRepository, OrderRepository, read_page
 from app.orders.schemas import OrderCreate, OrderRead
 from app.orders.status import check_transition
 
@@ -112,15 +111,6 @@ async def _replay(orders: OrderRepository, user_id: UUID, claim: IdempotencyClai
 # The repositories' base statements, built once instead of per request.
 _ORDERS = select(Order)
 _IDEMPOTENCY_KEYS = select(OrderIdempotencyKey)
-_TOTAL = select(func.count()).select_from(Order).where(Order.user_id == bindparam("user_id"))
-# The total rides along as an uncorrelated subquery, which the database evaluates once per query.
-_PAGE = (
-    select(*(getattr(Order, field) for field in OrderRead.__struct_fields__), _TOTAL.scalar_subquery())
-    .where(Order.user_id == bindparam("user_id"))
-    .order_by(Order.created_at.desc(), Order.id.desc())
-    .limit(bindparam("limit"))
-    .offset(bindparam("offset"))
-)
 
 
 class OrderReader:
@@ -145,17 +135,9 @@ class OrderReader:
         return order
 
     async def page(self, user_id: UUID, limit: int, offset: int) -> tuple[list[OrderRead], int]:
-        """One page of the user's orders, newest first, and how many there are in all.
-
-        Columns go straight into the schema: building ORM objects for a page costs several times the query
-        itself, and none of them would be changed.
-        """
-        parameters = {"user_id": user_id, "limit": limit, "offset": offset}
+        """One page of the user's orders, newest first, and how many there are in all."""
         async with autocommit_engine(self.db).connect() as connection:
-            rows = (await connection.execute(_PAGE, parameters)).all()
-            if not rows:  # past the last page, the total has no row to ride on
-                return [], await connection.scalar(_TOTAL, parameters) or 0
-        return msgspec.convert(rows, list[OrderRead], from_attributes=True), rows[0][-1]
+            return await read_page(connection, user_id, limit, offset)
 
     async def _load(self, order_id: UUID) -> Order | None:
         async with statement_session(self.db) as session:

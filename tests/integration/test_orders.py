@@ -259,6 +259,8 @@ async def test_listing_pages_newest_first_with_the_total(
         == "5"
     )
     assert past_the_end.json() == []
+    read = [(await client.get(f"/orders/{order['id']}", headers=alice.headers)).json() for order in placed]
+    assert everything.json() == list(reversed(read))  # a page's orders are the orders as read one by one
 
 
 async def test_listing_defaults_to_50_and_rejects_bad_pages(client: Client, alice: Account) -> None:

@@ -79,6 +79,9 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
         paid = (await client.get(path, headers=headers)).json()
         assert paid["status"] == "PAID"  # through the in-memory cache
         assert paid["processed_at"] is not None  # processed in process: no broker, no worker
+        listed = await client.get("/orders", headers=headers)
+        assert listed.json() == [paid]
+        assert listed.headers["x-total-count"] == "1"
         assert (await client.post("/logout", headers=headers)).status_code == 204
         assert (await client.get("/users/me", headers=headers)).status_code == 401
         ready = (await client.get("/health/ready")).json()
