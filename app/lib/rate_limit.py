@@ -73,16 +73,13 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
             await self.app(scope, receive, send)
             return
         stricter = self.stricter if self.stricter and await self.stricter.applies(request) else None
-        window, strict_window = await self.count(request, stricter)
-        if window.read is not None:
-            scope["state"][READ_AHEAD_STATE] = window.read
-        if stricter is not None and strict_window is not None:
-            stricter.check(strict_window)
-        self.check(window)
-        if stricter is not None and strict_window is not None:
-            headers = stricter.window_headers(strict_window)
-        else:
-            headers = self.window_headers(window)
+        windows = await self.count(request, stricter)
+        if (read := windows[-1][1].read) is not None:
+            scope["state"][READ_AHEAD_STATE] = read
+        for limit, window in windows:  # the stricter first: a 429 tells the window that refused
+            limit.check(window)
+        shown, window = windows[0]
+        headers = shown.window_headers(window)
         if not headers:
             await self.app(scope, receive, send)
             return
@@ -106,20 +103,24 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
 
     async def count(
         self, request: Request[Any, Any, Any], stricter: SharedRateLimitMiddleware | None
-    ) -> tuple[Window, Window | None]:
-        """Count the request in this limit's window and ``stricter``'s, in one call if both are on Redis."""
+    ) -> list[tuple[SharedRateLimitMiddleware, Window]]:
+        """Count the request in this limit's window and ``stricter``'s, in one call if both are on Redis:
+        each limit with its window, the stricter first."""
         app, key = request.app, self.cache_key_from_request(request)
-        store, read = self.config.get_store_from_app(app), self.config.read_ahead(request)
+        store, read = self.store(app), self.config.read_ahead(request)
         if stricter is None:
-            return await self.hit(key, store, read), None
+            return [(self, await self.hit(key, store, read))]
         strict_key, strict_store = stricter.cache_key_from_request(request), stricter.store(app)
         if not isinstance(store, AtomicRedisStore) or not isinstance(strict_store, AtomicRedisStore):
-            return await self.hit(key, store, read), await stricter.hit(strict_key, strict_store)
+            window = await self.hit(key, store, read)
+            return [(stricter, await stricter.hit(strict_key, strict_store)), (self, window)]
         also = [(strict_store.full_key(strict_key), stricter.window_seconds)]
         window = await self.hit(key, store, read, also)
         if window.also:
-            return window, Window(*window.also[0])
-        return window, await stricter.fallback.hit(strict_key, stricter.window_seconds)  # Redis failed
+            strict_window = Window(*window.also[0])
+        else:  # Redis failed: counted per process, like this limit
+            strict_window = await stricter.fallback.hit(strict_key, stricter.window_seconds)
+        return [(stricter, strict_window), (self, window)]
 
     def store(self, app: Litestar) -> Any:
         return self.config.get_store_from_app(app)
