@@ -75,6 +75,9 @@ class _Replies(asyncio.Protocol):
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         waiter = self.loop.create_future()
+        if self.transport is None:  # lost since the caller looked: nothing would ever answer
+            waiter.set_exception(self.failure("Redis connection lost"))
+            return waiter
         if not self.unsent:
             self.loop.call_soon(self._write)
         self.unsent.append(command)

@@ -131,3 +131,16 @@ async def test_it_connects_again_once_redis_is_back(clients: list[Redis], proxy:
     proxy.restore()
 
     assert await pipe.execute("PING") == b"PONG"
+
+
+async def test_a_command_sent_on_a_connection_just_lost_fails_at_once(clients: list[Redis]) -> None:
+    pipe = pipe_to(clients, REDIS_URL, timeout=None)  # no watchdog: a call left waiting would wait forever
+    assert await pipe.execute("PING") == b"PONG"
+    replies = pipe._replies
+    assert replies is not None
+    replies.abort()  # as when the connection drops between a caller's check and its send
+    await asyncio.sleep(0.01)  # the loss is reported: nothing fails the calls sent from now on but send
+
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(replies.send(b"*1\r\n$4\r\nPING\r\n"), 5)
+    assert await pipe.execute("PING") == b"PONG"  # on a new connection
