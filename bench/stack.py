@@ -164,12 +164,13 @@ class Stack:
         [row] = await self.fetch(query, *args)
         return int(row[0])
 
-    async def processed_at_least(self, target: int, within: float) -> float:
+    async def processed_at_least(self, target: int, within: float, every: float = 0.2) -> float:
+        """Seconds until ``target`` orders are processed, checking ``every`` seconds."""
         started = time.monotonic()
         while (done := await self.count(PROCESSED)) < target:
             if time.monotonic() - started > within:
                 raise SystemExit(f"only {done} of {target} orders processed after {within} s")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(every)
         return time.monotonic() - started
 
 
