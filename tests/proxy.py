@@ -73,6 +73,7 @@ class Proxy:
 
     def stop(self) -> None:
         self.cut()
+        self._call(_end_connections())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -96,6 +97,16 @@ class Proxy:
         for writer in (client_writer, server_writer):
             self._open.discard(writer)
             writer.transport.abort()
+
+
+async def _end_connections() -> None:
+    """End the connections still held or being forwarded with the proxy, rather than leave them pending
+    when its loop closes (an error about a destroyed task then, or a connection attempt on a closed loop)."""
+    this = asyncio.current_task()
+    handling = [task for task in asyncio.all_tasks() if task is not this]
+    for task in handling:
+        task.cancel()
+    await asyncio.gather(*handling, return_exceptions=True)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -624,7 +624,7 @@ async def test_a_consumer_killed_mid_batch_leaves_its_events_to_the_next_one(
                 lambda: as_awaitable(celery_broker.accepted > 0), "the consumer to start dispatching"
             )
             consumer.stop(signal.SIGKILL)
-        celery_broker.release()  # the pipeline's own consumer is back, and takes the events over
+        # The pipeline's own consumer is back, and takes the events over.
 
     for order in orders:
         assert (await processed(client, alice, order["id"]))["processed_at"] is not None
