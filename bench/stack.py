@@ -43,12 +43,22 @@ class Role:
     def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
         self.command, self.env, self.log = command, env, log
         self.process: subprocess.Popen[bytes] | None = None
+        self.logged_before = 0  # the log's size when the process was last started
 
     def start(self) -> None:
         with self.log.open("ab") as out:
+            self.logged_before = out.tell()
             self.process = subprocess.Popen(
                 self.command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
+
+    async def logged(self, text: str, within: float = 120) -> None:
+        """Until this run of the process has written ``text`` to its log."""
+        deadline = time.monotonic() + within
+        while text.encode() not in self.log.read_bytes()[self.logged_before :]:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.command[0]} did not log {text!r} within {within} s; see {self.log}")
+            await asyncio.sleep(0.01)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
