@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 import os
@@ -31,6 +30,7 @@ from tests.support import (
     REDIS_URL,
     ROOT,
     TEST_RUN,
+    eventually,
     free_port,
     new_email,
     serving,
@@ -55,6 +55,16 @@ def migrate_embedded_database(directory: Path) -> None:
     )
 
 
+async def processed_in_process(client: httpx.AsyncClient, path: str, headers: dict[str, str]) -> None:
+    """Until the order at ``path`` is processed: on the embedded default, by the API process itself, moments
+    after its creation (the outbox hands events over in batches)."""
+
+    async def processed() -> bool:
+        return (await client.get(path, headers=headers)).json()["processed_at"] is not None
+
+    await eventually(processed, "the order to be processed in process")
+
+
 async def test_embedded_default_runs_accounts_and_orders_with_no_services(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -75,6 +85,7 @@ async def test_embedded_default_runs_accounts_and_orders_with_no_services(
         )
         assert order.json()["total_price"] == "6.20"
         path = f"/orders/{order.json()['id']}"
+        await processed_in_process(client, path, headers)
         assert (await client.patch(path, json={"status": "PAID"}, headers=headers)).status_code == 200
         paid = (await client.get(path, headers=headers)).json()
         assert paid["status"] == "PAID"  # through the in-memory cache
@@ -120,7 +131,7 @@ async def test_a_status_change_racing_another_on_the_sqlite_default_is_checked_a
             "/orders", json={"items": [{"name": "tea", "quantity": 1, "price": "3.10"}]}, headers=headers
         )
         path = f"/orders/{order.json()['id']}"
-        await asyncio.sleep(0.5)  # processed in process by now
+        await processed_in_process(client, path, headers)
         event.listen(Engine, "before_cursor_execute", another_write_first)
         try:
             patched = await client.patch(path, json={"status": "PAID"}, headers=headers)
