@@ -61,13 +61,15 @@ class WorkerRuntime:
         store = create_stores(redis, settings.redis_key_prefix).get(ORDER_CACHE_STORE)
         self.cache = OrderCache(cast("AtomicStore", store), settings.cache_ttl_seconds)
 
-    def process(self, batch: list[OrderToProcess]) -> int:
-        """Process the batch on this process's event loop; how many orders it stamped."""
-        # In the caller's context: the runner's own is a copy taken at its first run, which would give every
-        # later task the log context (task id) of the first one.
+    def process(self, batch: list[OrderToProcess], task_id: str | None) -> int:
+        """Process the batch of task ``task_id`` on this process's event loop; how many orders it stamped."""
         work = process_orders(batch, self.db, self.cache)
+        with structlog.contextvars.bound_contextvars(task_id=task_id):
+            # In this context: the runner's own is a copy taken at its first run, which would give every
+            # later task the log context (task id) of the first one.
+            context = contextvars.copy_context()
         try:
-            return len(self.runner.run(work, context=contextvars.copy_context()))
+            return len(self.runner.run(work, context=context))
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 raise ConnectionLost(str(exc)) from exc
@@ -93,13 +95,11 @@ def process_orders_task(self: Task[[list[Any]], int], orders: list[Any]) -> int:
     """Process a batch of orders, ``[[order_id, request_id], ...]`` (see app.orders.processing): one
     statement and one Redis pipeline for the batch; safe to run any number of times."""
     batch = msgspec.convert(orders, list[OrderToProcess], strict=False)
-    with structlog.contextvars.bound_contextvars(task_id=self.request.id):
-        return runtime().process(batch)
+    return runtime().process(batch, self.request.id)
 
 
 @celery.task(name=PROCESS_ORDER, bind=True, **RETRIED_WHILE_THE_DATABASE_IS_AWAY)
 def process_order_task(self: Task[[str], int], order_id: str) -> int:
     """One order, as releases before the batches sent it: tasks still queued at an upgrade are processed."""
     batch = [OrderToProcess(UUID(order_id), self.request.get("request_id"))]
-    with structlog.contextvars.bound_contextvars(task_id=self.request.id):
-        return runtime().process(batch)
+    return runtime().process(batch, self.request.id)
