@@ -28,7 +28,7 @@ from app.lib.broker import AmqpPublisher, Topology
 from app.lib.cors import CORSRefusals
 from app.lib.db import sqlalchemy_config
 from app.lib.errors import problem_details_plugin
-from app.lib.health import HealthController
+from app.lib.health import HealthController, ReadinessChecks
 from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
 from app.lib.metrics import MetricsController, prometheus_config
 from app.lib.openapi import StrictStructSchemaPlugin
@@ -68,11 +68,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     client_address = ClientAddress.trusting(settings.trusted_proxies)
     stores = create_stores(redis, settings.redis_key_prefix)
     order_cache = OrderCache(cast("AtomicStore", stores.get(ORDER_CACHE_STORE)), settings.cache_ttl_seconds)
-    publisher: Publisher = (
+    amqp = (
         AmqpPublisher(settings.amqp_url, Topology(settings.events_exchange, NEW_ORDER))
         if settings.amqp_url
-        else InProcessBus(in_process_handler(db, order_cache))
+        else None
     )
+    publisher: Publisher = amqp or InProcessBus(in_process_handler(db, order_cache))
     outbox = Outbox(db, publisher, settings.outbox_relay_interval_seconds)
     cors = _cors(settings)
 
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "revoked": _singleton(revoked),
             "order_reader": _singleton(OrderReader(order_cache, db)),
             "orders": _singleton(OrderService(db, order_cache, outbox)),
+            "readiness": _singleton(ReadinessChecks(db, redis, amqp)),
         },
         plugins=[
             SQLAlchemyPlugin(config=db),
