@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.accounts.repositories import AuthSessionRepository
-from app.lib.db import statement_session
+from app.lib.db import read_retrying, statement_session
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +64,9 @@ class RevokedSessions:
                 await self._sync(since=float(synced) - self.SYNC_OVERLAP if synced else None)
             except RedisError as exc:
                 log.warning("revocation cache unreachable, asking the database", error=str(exc))
+        return await read_retrying(lambda: self._revoked_in_database(session_id))
+
+    async def _revoked_in_database(self, session_id: UUID) -> bool:
         async with statement_session(self.db) as db:
             return await AuthSessionRepository(session=db).is_revoked(session_id)
 

@@ -11,6 +11,7 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 
 from app.accounts.models import AuthSession, Role, User
 from app.accounts.repositories import AuthSessionRepository, UserRepository
+from app.lib.db import violates_constraint
 from app.lib.errors import ConflictError, UnauthorizedError
 from app.lib.security import PasswordHasher, SessionToken
 
@@ -29,7 +30,10 @@ class UserService(SQLAlchemyAsyncRepositoryService[User, UserRepository]):
         user = User(email=normalize_email(email), password_hash=await hasher.hash(password), role=role)
         try:
             return await self.create(user, auto_commit=True)
-        except IntegrityError:  # the unique email is the only constraint a new user can break
+        except IntegrityError as exc:
+            if not violates_constraint(exc):  # a dropped connection, say
+                raise
+            # The unique email is the only constraint a new user can break.
             raise ConflictError(f"An account with the email {user.email} already exists") from None
 
     async def authenticate(self, email: str, password: str, hasher: PasswordHasher) -> User:

@@ -3,9 +3,39 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]  # no stubs; only its exception classes are used
+import structlog
 from advanced_alchemy.extensions.litestar import AsyncSessionConfig, EngineConfig, SQLAlchemyAsyncConfig
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 5
+"""How long opening a PostgreSQL connection may take (asyncpg waits 60 s): a database that doesn't answer is
+a 503 within seconds, not a request hanging for a minute."""
+
+UNAVAILABLE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,  # every pooled connection stayed busy for the pool's timeout
+    OSError,
+    TimeoutError,
+    # SQLAlchemy 2.0 wraps asyncpg's errors of statements, not those raised while connecting, nor those of
+    # the page query, which goes to asyncpg directly: these come as asyncpg raised them.
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was closed
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: starting up, shutting down, terminated
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory or disk
+)
+"""Errors that mean the database (or the network to it) is away for now, not that the request or the code is
+wrong: an API request answers 503, a task is retried."""
 
 STORABLE_TEXT = r"^[^\x00]*$"
 """The ``pattern`` of text that reaches the database: PostgreSQL's text and jsonb can't hold a NUL character,
@@ -23,7 +53,12 @@ def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncC
     pooled = not database_url.startswith("sqlite")
     return SQLAlchemyAsyncConfig(
         connection_string=database_url,
-        engine_config=EngineConfig(pool_size=pool_size, max_overflow=0) if pooled else EngineConfig(),
+        engine_config=EngineConfig(
+            pool_size=pool_size, max_overflow=0, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS}
+        )
+        if pooled
+        else EngineConfig(),
+        create_engine_callable=_engine_replacing_closed_connections,
         session_config=AsyncSessionConfig(expire_on_commit=False),
         # Commits a request's session when a 2xx response starts. Writes commit explicitly before that
         # (auto_commit=True), so a failed commit is an error response, never a 2xx for lost data.
@@ -53,3 +88,69 @@ def statement_session(config: SQLAlchemyAsyncConfig) -> AsyncSession:
 def _autocommit(engine: AsyncEngine) -> AsyncEngine:
     # Derived once: deriving costs about as much as the round trips it saves.
     return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from, says the database is away for now."""
+    return any(isinstance(error, UNAVAILABLE_ERRORS) or _invalidated(error) for error in _causes(exc))
+
+
+def violates_constraint(exc: BaseException) -> bool:
+    """Whether a repository error is the database refusing a row (a unique or foreign key, a check).
+    advanced-alchemy reports every failed statement as an ``IntegrityError``, a dropped connection's too."""
+    return isinstance(exc.__cause__, IntegrityError)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether the statement failed because its connection died under it (a restart, a terminated backend)."""
+    return any(
+        isinstance(error, asyncpg.PostgresConnectionError | asyncpg.exceptions.AdminShutdownError)
+        or _invalidated(error)
+        for error in _causes(exc)
+    )
+
+
+async def read_retrying(read: Callable[[], Awaitable[T]]) -> T:
+    """Run a read, and once more if its connection died under it: the second try gets a fresh connection,
+    and a read changes nothing, so running it twice is safe. A write is never retried this way: it may have
+    been applied before the connection died."""
+    try:
+        return await read()
+    except Exception as exc:
+        if not connection_lost(exc):
+            raise
+        log.info("database connection lost during a read; reading again", error=type(exc).__name__)
+        return await read()
+
+
+def _invalidated(error: BaseException) -> bool:
+    """SQLAlchemy's mark of an error that ended its connection (it then raises a plain ``DBAPIError``)."""
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from: repository errors wrap SQLAlchemy's, which wrap the driver's."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _engine_replacing_closed_connections(url: str, **options: Any) -> AsyncEngine:
+    """The engine, whose pool never hands out a connection that the server already closed."""
+    engine = create_async_engine(url, **options)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine.sync_engine.pool, "checkout", _refuse_closed_connection)
+    return engine
+
+
+def _refuse_closed_connection(
+    dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    """A pooled connection that PostgreSQL ended (a restart, a terminated backend) is replaced by a new one
+    before the request uses it, rather than failing the request. asyncpg notices the server's goodbye on
+    its own, so the check reads a flag: no round trip, unlike SQLAlchemy's ``pool_pre_ping``."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")

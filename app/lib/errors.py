@@ -17,6 +17,10 @@ from litestar.plugins.problem_details import (
     ProblemDetailsException,
     ProblemDetailsPlugin,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.lib.db import database_unavailable, violates_constraint
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +28,9 @@ log = structlog.get_logger(__name__)
 _FIELD_IN_MESSAGE = re.compile(r"(?:(?:missing required|unknown) field |^)`(?P<field>[^`]+)`")
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+RETRY_AFTER_SECONDS = 5
+"""What a 503 asks a client to wait: PostgreSQL restarts in a few seconds, and sooner retries from every
+client would land on a database still starting up."""
 
 
 class ServiceError(Exception):
@@ -142,9 +149,11 @@ def _message(error: dict[str, Any]) -> str:
 
 
 def _from_repository_error(exc: repository_errors.RepositoryError) -> ProblemDetailsException:
+    if (dependency := _unavailable_dependency(exc)) is not None:
+        return _unavailable(exc, dependency)
     if isinstance(exc, repository_errors.NotFoundError):
         return problem(HTTPStatus.NOT_FOUND, "No such resource")
-    if isinstance(exc, repository_errors.IntegrityError):
+    if violates_constraint(exc):
         return problem(HTTPStatus.CONFLICT, "The request conflicts with the current state of the resource")
     return _from_unexpected(exc)
 
@@ -157,8 +166,37 @@ def _from_recursion_error(exc: RecursionError) -> ProblemDetailsException:
 
 
 def _from_unexpected(exc: Exception) -> ProblemDetailsException:
+    if (dependency := _unavailable_dependency(exc)) is not None:
+        return _unavailable(exc, dependency)
     log.error("unhandled error", exc_info=exc)
     return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "The server could not complete the request")
+
+
+def _unavailable_dependency(exc: Exception) -> str | None:
+    """The service that ``exc`` says is away for now (the database, Redis), if it says so."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):  # before its cause, often an OSError
+        return "cache"
+    if database_unavailable(exc):
+        return "database"
+    return None
+
+
+def _unavailable(exc: Exception, dependency: str) -> ProblemDetailsException:
+    """A dependency is away: nothing is wrong with the request or the code, so no traceback is logged, and
+    the client is told to try again (with its Idempotency-Key, for a create)."""
+    log.warning("dependency unavailable", dependency=dependency, error=_innermost(exc))
+    return problem(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        f"The {dependency} is unavailable for the moment; retry in {RETRY_AFTER_SECONDS} seconds",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def _innermost(exc: BaseException) -> str:
+    """The root cause, as the log line's reason: the driver's error rather than its wrappers'."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
 
 
 _CONVERTERS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {

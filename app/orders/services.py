@@ -13,7 +13,7 @@ from sqlalchemy import select
 from uuid_utils.compat import uuid7
 
 from app.accounts.auth import Principal
-from app.lib.db import autocommit_engine, statement_session
+from app.lib.db import autocommit_engine, read_retrying, statement_session
 from app.lib.errors import ConflictError, NotFoundError, UnprocessableError
 from app.lib.logging import current_request_id
 from app.lib.metrics import metric
@@ -136,9 +136,16 @@ class OrderReader:
 
     async def page(self, user_id: UUID, limit: int, offset: int) -> tuple[list[OrderRead], int]:
         """One page of the user's orders, newest first, and how many there are in all."""
-        async with autocommit_engine(self.db).connect() as connection:
-            return await read_page(connection, user_id, limit, offset)
+
+        async def read() -> tuple[list[OrderRead], int]:
+            async with autocommit_engine(self.db).connect() as connection:
+                return await read_page(connection, user_id, limit, offset)
+
+        return await read_retrying(read)
 
     async def _load(self, order_id: UUID) -> Order | None:
-        async with statement_session(self.db) as session:
-            return await OrderRepository(session=session).get_one_or_none(id=order_id)
+        async def read() -> Order | None:
+            async with statement_session(self.db) as session:
+                return await OrderRepository(session=session).get_one_or_none(id=order_id)
+
+        return await read_retrying(read)

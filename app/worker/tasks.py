@@ -9,14 +9,12 @@ import functools
 from typing import Any, cast
 from uuid import UUID
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs; only its exception classes are used
 import msgspec
 import structlog
 from celery import Task
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DBAPIError
 
-from app.lib.db import sqlalchemy_config
+from app.lib.db import UNAVAILABLE_ERRORS, sqlalchemy_config
 from app.lib.redis import create_redis
 from app.lib.stores import AtomicStore, create_stores
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
@@ -32,20 +30,8 @@ class ConnectionLost(Exception):
     asyncpg's ConnectionDoesNotExistError or AdminShutdownError, say) with ``connection_invalidated`` set."""
 
 
-TRANSIENT_ERRORS = (
-    OperationalError,
-    InterfaceError,
-    PoolTimeoutError,
-    OSError,
-    TimeoutError,
-    ConnectionLost,
-    # SQLAlchemy 2.0 wraps asyncpg's errors of statements, not those raised while connecting: these reach the
-    # task as asyncpg raised them.
-    asyncpg.PostgresConnectionError,  # class 08: the connection failed or was closed
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: starting up, shutting down, terminated
-    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, out of memory or disk
-)
-"""Errors that mean the database (or network) is unavailable for now; a task failing with one is retried
+TRANSIENT_ERRORS = (*UNAVAILABLE_ERRORS, ConnectionLost)
+"""The database (or network) is unavailable for now; a task failing so is retried
 with backoff (at most a minute apart) for as long as it takes: a task that gave up would be acknowledged,
 and its order never processed. Any other error is a bug, and fails the task."""
 
