@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import Index, LargeBinary, String, Update, func, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.lib.db import autocommit_engine
+from app.lib.db import autocommit_engine, database_unavailable
 from app.lib.metrics import metric
 
 log = structlog.get_logger(__name__)
@@ -132,8 +132,8 @@ class Outbox:
                 sent = await self._publish(batch, by="request")
                 if sent:
                     await self._mark_sent(sent)
-            except Exception:  # e.g. the database is away: the rows stay unsent and the relay sends them
-                log.exception("outbox dispatch failed; the relay will retry")
+            except Exception as exc:  # the database away, say: the rows stay unsent and the relay sends them
+                _log_failure("outbox dispatch failed; the relay will retry", exc)
             finally:  # done with, sent or not: what ``drain`` waits for
                 for _ in batch:
                     queue.task_done()
@@ -176,8 +176,8 @@ class Outbox:
             try:
                 sent = await self.relay_once()
                 await self.measure_backlog()
-            except Exception:  # the loop must outlive a database or broker hiccup
-                log.exception("outbox relay failed; retrying")
+            except Exception as exc:  # the loop must outlive a database or broker hiccup
+                _log_failure("outbox relay failed; retrying", exc)
                 sent = 0
             if sent < self.BATCH:
                 await asyncio.sleep(self.relay_interval)
@@ -225,6 +225,14 @@ class Outbox:
                     task.cancel()
                 await asyncio.gather(relay, *others, return_exceptions=True)
                 await self.publisher.close()
+
+
+def _log_failure(event: str, exc: Exception) -> None:
+    """The database away for a moment is a warning naming the cause; anything else a bug, with its trace."""
+    if database_unavailable(exc):
+        log.warning(event, error=f"{type(exc).__name__}: {exc}")
+    else:
+        log.exception(event)
 
 
 def _mark_sent(ids: set[UUID]) -> Update:
