@@ -44,6 +44,7 @@ from app.orders.controller import READS_CACHED_ORDER, OrderController
 from app.orders.events import NEW_ORDER
 from app.orders.processing import in_process_handler
 from app.orders.services import OrderReader, OrderService
+from app.retention import Retention, RetentionPlugin
 
 MAX_BODY_BYTES = 1024 * 1024
 _UUID_LENGTH = len(str(UUID(int=0)))
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=[
             SQLAlchemyPlugin(config=db),
             OutboxPlugin(outbox),  # after the database's plugin: see OutboxPlugin
+            RetentionPlugin(Retention.from_settings(db, settings)),  # likewise
             problem_details_plugin(),
             StrictStructSchemaPlugin(),
             AccountsCLIPlugin(),

@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     consumer_batch_wait_ms: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50
     consumer_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9101
     outbox_relay_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    outbox_retention_seconds: PositiveInt = 24 * 3600
+    retention_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     celery_broker_url: str = ""
     celery_queue: str = "orders.process_order"
     worker_concurrency: PositiveInt = 8

@@ -44,6 +44,7 @@ class AuthSession(UUIDv7AuditBase):
         Index(
             "ix_auth_session_revoked", "revoked_at", "expires_at", postgresql_where="revoked_at IS NOT NULL"
         ),
+        Index("ix_auth_session_expires", "expires_at"),  # retention's
     )
 
     user_id: Mapped[UUID] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)

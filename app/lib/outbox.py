@@ -50,7 +50,10 @@ class OutboxMessage(UUIDv7Base):
     """An event waiting to be published (``sent_at`` null) or already published. Its id is the event id."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_unsent", "created_at", postgresql_where=text("sent_at IS NULL")),)
+    __table_args__ = (
+        Index("ix_outbox_unsent", "created_at", postgresql_where=text("sent_at IS NULL")),
+        Index("ix_outbox_sent", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),  # retention's
+    )
 
     topic: Mapped[str] = mapped_column(String(64))
     payload: Mapped[bytes] = mapped_column(LargeBinary)

@@ -53,6 +53,7 @@ class OrderIdempotencyKey(DefaultBase):
     """The first order a user created with an ``Idempotency-Key``, and a fingerprint of its request."""
 
     __tablename__ = "order_idempotency_key"
+    __table_args__ = (Index("ix_order_idempotency_key_created", "created_at"),)  # retention's
 
     user_id: Mapped[UUID] = mapped_column(GUID, ForeignKey(User.id, ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
