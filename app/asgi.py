@@ -30,7 +30,7 @@ from app.lib.db import sqlalchemy_config
 from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController, ReadinessChecks
 from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
-from app.lib.metrics import MetricsController, prometheus_config
+from app.lib.metrics import prometheus_config
 from app.lib.openapi import StrictStructSchemaPlugin
 from app.lib.outbox import InProcessBus, Outbox, OutboxPlugin, Publisher
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     cors = _cors(settings)
 
     app = Litestar(
-        route_handlers=[AccountController, OrderController, HealthController, MetricsController, docs],
+        route_handlers=[AccountController, OrderController, HealthController, docs],
         dependencies={
             "settings": _singleton(settings),
             "redis": _singleton(redis),

@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     app_env: Environment = "development"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     workers: PositiveInt = 2
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9100
     database_url: str = "sqlite+aiosqlite:///orders.db"
     database_pool_size: PositiveInt = 20
     redis_url: str = ""

@@ -3,7 +3,9 @@
 ``WORKERS`` processes on ``PORT``, each running the app's lifespan with its own connections. On SIGTERM or
 SIGINT granian stops accepting connections, lets the requests in flight finish (30 s at most), then runs
 each worker's shutdown: the outbox relay stops, the RabbitMQ publisher, Redis and the database pool close.
-The Prometheus multiprocess directory is emptied first, so ``/metrics`` adds up this run's workers only.
+The main process (granian's supervisor) serves the metrics on ``METRICS_PORT``, apart from the public port:
+each worker writes its samples to the Prometheus multiprocess directory, emptied first, and a scrape adds up
+this run's workers.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import structlog
 from granian.constants import Interfaces
 from granian.server import Server
 
 from app.config import Settings, SettingsError
 from app.lib.logging import configure_logging
+
+log = structlog.get_logger("app.serve")
 
 SHUTDOWN_GRACE_SECONDS = 30
 GRANIAN_LOGGING = {
@@ -44,12 +49,29 @@ def prepare_metrics_directory() -> Path:
     return directory
 
 
+def serve_metrics(directory: Path, port: int) -> int:
+    """Serve the samples of every worker, added up from ``directory``, on ``port`` (0: any free port) in a
+    thread of this process; the port taken. The workers forked later inherit its socket but never use it."""
+    # Imported only now that PROMETHEUS_MULTIPROC_DIR is set: prometheus_client chooses where samples live
+    # when it is first imported, and the workers, forked from this process, would inherit in-memory ones.
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]  # untyped upstream
+    try:
+        server, _ = start_http_server(port, registry=registry)
+    except OSError as exc:
+        raise SystemExit(f"orders: METRICS_PORT {port}: {exc.strerror}") from None
+    return int(server.server_port)
+
+
 def main() -> None:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         raise SystemExit(f"orders: {exc}") from None
-    prepare_metrics_directory()
+    metrics_directory = prepare_metrics_directory()
     server = Server(
         "app.asgi:app",
         address="0.0.0.0",  # noqa: S104 - a server's job; bind a narrower address behind a firewall if needed
@@ -62,6 +84,8 @@ def main() -> None:
     )
     # After the Server is made: it applies its logging configuration, which closes the handlers it finds.
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)
+    metrics_port = serve_metrics(metrics_directory, settings.metrics_port)
+    log.info("serving metrics", port=metrics_port, path="/metrics")
     server.serve()
 
 

@@ -1,9 +1,9 @@
-"""Prometheus metrics at ``/metrics``, through Litestar's own integration.
+"""Prometheus metrics, through Litestar's own integration.
 
 Request counts, latencies and errors come from Litestar's Prometheus middleware, labelled by route template,
-method and status; the domain's counters are defined beside the code they count. With several granian
-workers each worker writes its samples to ``PROMETHEUS_MULTIPROC_DIR`` (prepared by ``python -m app.serve``)
-and ``/metrics`` adds them up, whichever worker answers the scrape.
+method and status; the domain's counters are defined beside the code they count. They are not served by the
+app, on its public port: ``python -m app.serve`` serves them on ``METRICS_PORT``, adding up the samples that
+each granian worker writes to ``PROMETHEUS_MULTIPROC_DIR``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from litestar.enums import ScopeType
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 from litestar.plugins.prometheus import PrometheusMiddleware as LitestarPrometheusMiddleware
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
@@ -25,14 +25,6 @@ PREFIX = "orders"
 
 def metric(name: str) -> str:
     return f"{PREFIX}_{name}"
-
-
-class MetricsController(PrometheusController):
-    """Unauthenticated and not rate limited, like the health probes: serve it on an internal network only."""
-
-    path = "/metrics"
-    include_in_schema = False
-    opt = {"exclude_from_auth": True}
 
 
 class _Outcome(NamedTuple):
@@ -128,6 +120,5 @@ def prometheus_config() -> PrometheusConfig:
         app_name="orders",
         prefix=PREFIX,
         group_path=True,
-        exclude=[r"^/metrics"],
         middleware_class=PrometheusMiddleware,
     )

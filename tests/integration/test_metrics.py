@@ -1,46 +1,62 @@
-"""/metrics reflects what the API did."""
+"""The API's metrics: what the app counts, and ``python -m app.serve`` serving them on a port of their own."""
 
 from __future__ import annotations
 
-from httpx import AsyncClient
+import httpx
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import RateLimit, Settings
-from tests.support import eventually, new_email, place_order, same_stores, serving, signed_up, token_request
+from tests.integration.test_processes import production_api
+from tests.support import (
+    eventually,
+    free_port,
+    new_email,
+    place_order,
+    same_stores,
+    serving,
+    signed_up,
+    token_request,
+)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-async def samples(client: AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = await client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+def parsed(exposition: str) -> Samples:
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
+        for family in text_string_to_metric_families(exposition)
         for sample in family.samples
     }
 
 
-def value(taken: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def samples() -> Samples:
+    """What the apps of this test process counted: they run in process, their metrics in the default
+    registry (no multiprocess directory here)."""
+    return parsed(generate_latest(REGISTRY).decode())
+
+
+def value(taken: Samples, name: str, **labels: str) -> float:
     """The sum of the samples called ``name`` whose labels include ``labels``."""
     wanted = set(labels.items())
     return sum(v for (sample, have), v in taken.items() if sample == name and wanted <= have)
 
 
-async def test_creating_an_order_and_reading_it_twice_moves_the_counters(client: AsyncClient) -> None:
+async def test_creating_an_order_and_reading_it_twice_moves_the_counters(client: httpx.AsyncClient) -> None:
     alice = await signed_up(client)
-    before = await samples(client)
+    before = samples()
 
     order = await place_order(client, alice)
     for _ in range(2):
         assert (await client.get(f"/orders/{order['id']}", headers=alice.headers)).status_code == 200
-    after = await samples(client)
+    after = samples()
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
     async def published() -> bool:  # the event goes out in the background, just after the response
         nonlocal after
-        after = await samples(client)
+        after = samples()
         return moved("orders_events_published_total", topic="new_order") == 1
 
     await eventually(published, "the order's event to be published")
@@ -58,9 +74,27 @@ async def test_creating_an_order_and_reading_it_twice_moves_the_counters(client:
 
 async def test_rate_limited_requests_are_counted(settings: Settings) -> None:
     async with serving(same_stores(settings, auth_rate_limit=RateLimit(requests=1, unit="minute"))) as client:
-        before = value(await samples(client), "orders_rate_limited_total", store="auth_rate_limit")
+        before = value(samples(), "orders_rate_limited_total", store="auth_rate_limit")
         statuses = [(await token_request(client, new_email(), "whatever")).status_code for _ in range(3)]
-        after = value(await samples(client), "orders_rate_limited_total", store="auth_rate_limit")
+        after = value(samples(), "orders_rate_limited_total", store="auth_rate_limit")
 
     assert statuses == [401, 429, 429]
     assert after - before == 2
+
+
+async def test_the_api_serves_every_workers_metrics_on_the_metrics_port_only(database_url: str) -> None:
+    metrics_port, probes = free_port(), 20
+    with production_api(database_url, METRICS_PORT=str(metrics_port)) as (base_url, _):
+        async with httpx.AsyncClient(base_url=base_url) as public:
+            assert (await public.get("/metrics")).status_code == 404
+        for _ in range(probes):  # each on a connection of its own, which either granian worker may take
+            async with httpx.AsyncClient(base_url=base_url) as fresh:
+                await fresh.get("/health/ready")
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}") as metrics:
+
+            async def all_counted() -> bool:  # a request is counted just after its response is sent
+                scraped = parsed((await metrics.get("/metrics")).text)
+                return value(scraped, "orders_requests_total", path="/health/ready") == probes
+
+            await eventually(all_counted, f"the {probes} readiness probes to be counted")

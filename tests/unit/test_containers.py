@@ -69,9 +69,17 @@ def test_roles_start_after_what_they_need() -> None:
 def test_ports_match_the_settings() -> None:
     defaults = Settings()
     assert SERVICES["api"]["ports"] == [f"8000-8009:{defaults.port}"]
-    assert f"EXPOSE {defaults.port}" in CONTAINERFILE
+    assert f"EXPOSE {defaults.port} {defaults.metrics_port}" in CONTAINERFILE
     assert f":{defaults.port}/health/ready" in str(SERVICES["api"]["healthcheck"]["test"])
     assert f":{defaults.consumer_metrics_port}/metrics" in str(SERVICES["consumer"]["healthcheck"]["test"])
+
+
+def test_the_api_metrics_reach_the_compose_network_but_not_the_host() -> None:
+    defaults = Settings()
+    assert SERVICES["api"]["expose"] == [str(defaults.metrics_port)]
+    published = [port.rsplit(":", 1)[-1] for port in SERVICES["api"]["ports"]]
+    assert str(defaults.metrics_port) not in published
+    assert "METRICS_PORT" not in SERVICES["api"]["environment"]  # the default, which the image exposes
 
 
 def test_the_roles_environment_names_real_settings() -> None:
