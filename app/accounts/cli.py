@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import click
 import msgspec
 from litestar.plugins import CLIPluginProtocol
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.models import Role, User
 from app.accounts.schemas import Registration
@@ -49,16 +52,28 @@ def _run(operation: object) -> User:
         raise click.ClickException(exc.detail) from None
 
 
+@asynccontextmanager
+async def _session(database_url: str) -> AsyncIterator[AsyncSession]:
+    """A session on an engine of the command's own, disposed of when the command ends: connections left in its
+    pool would be dropped unclosed when ``asyncio.run`` closes the loop."""
+    db = sqlalchemy_config(database_url)
+    try:
+        async with db.get_session() as session:
+            yield session
+    finally:
+        await db.get_engine().dispose()
+
+
 async def _create_admin(registration: Registration) -> User:
     settings = Settings.from_env()
     hasher = PasswordHasher.from_settings(settings)
-    async with sqlalchemy_config(settings.database_url).get_session() as session:
+    async with _session(settings.database_url) as session:
         users = UserService(session=session)
         return await users.register(registration.email, registration.password, hasher, role=Role.ADMIN)
 
 
 async def _promote(email: str) -> User:
-    async with sqlalchemy_config(Settings.from_env().database_url).get_session() as session:
+    async with _session(Settings.from_env().database_url) as session:
         users = UserService(session=session)
         user = await users.get_one_or_none(email=normalize_email(email))
         if user is None:

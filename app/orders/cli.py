@@ -23,7 +23,7 @@ class EventsCLIPlugin(CLIPluginProtocol):
         @events.command(help="Events waiting in the outbox, and messages in the queue and dead-letter queue.")
         def status() -> None:
             settings = Settings.from_env()
-            waiting, age = asyncio.run(backlog(sqlalchemy_config(settings.database_url)))
+            waiting, age = asyncio.run(_backlog(settings.database_url))
             click.echo(f"outbox: {waiting} event(s) not published yet, the oldest waiting {age:.1f} s")
             if not settings.amqp_url:
                 click.echo("no AMQP_URL: events are handled inside the API process")
@@ -63,6 +63,16 @@ def _fail(reason: str) -> NoReturn:
     that rich-click draws around a ClickException, wrapped over several lines."""
     click.echo(f"Error: {reason}", err=True)
     raise click.exceptions.Exit(1)
+
+
+async def _backlog(database_url: str) -> tuple[int, float]:
+    """The outbox's backlog, through an engine of the command's own, disposed of at the end: connections left
+    in its pool would be dropped unclosed when ``asyncio.run`` closes the loop."""
+    db = sqlalchemy_config(database_url)
+    try:
+        return await backlog(db)
+    finally:
+        await db.get_engine().dispose()
 
 
 def _topology(settings: Settings) -> Topology:
