@@ -10,6 +10,7 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs; only its exception c
 import structlog
 from advanced_alchemy.extensions.litestar import AsyncSessionConfig, EngineConfig, SQLAlchemyAsyncConfig
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -36,6 +37,13 @@ UNAVAILABLE_ERRORS = (
 )
 """Errors that mean the database (or the network to it) is away for now, not that the request or the code is
 wrong: an API request answers 503, a task is retried."""
+
+_DEAD_CONNECTION_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    # A connection whose protocol was left mid-operation by the server's goodbye: it can't be used again.
+    asyncpg.InternalClientError,
+)
 
 STORABLE_TEXT = r"^[^\x00]*$"
 """The ``pattern`` of text that reaches the database: PostgreSQL's text and jsonb can't hold a NUL character,
@@ -103,11 +111,7 @@ def violates_constraint(exc: BaseException) -> bool:
 
 def connection_lost(exc: BaseException) -> bool:
     """Whether the statement failed because its connection died under it (a restart, a terminated backend)."""
-    return any(
-        isinstance(error, asyncpg.PostgresConnectionError | asyncpg.exceptions.AdminShutdownError)
-        or _invalidated(error)
-        for error in _causes(exc)
-    )
+    return any(isinstance(error, _DEAD_CONNECTION_ERRORS) or _invalidated(error) for error in _causes(exc))
 
 
 async def read_retrying(read: Callable[[], Awaitable[T]]) -> T:
@@ -143,7 +147,17 @@ def _engine_replacing_closed_connections(url: str, **options: Any) -> AsyncEngin
     engine = create_async_engine(url, **options)
     if engine.dialect.name == "postgresql":
         event.listen(engine.sync_engine.pool, "checkout", _refuse_closed_connection)
+        event.listen(engine.sync_engine, "handle_error", _recognise_dead_connection)
     return engine
+
+
+def _recognise_dead_connection(context: ExceptionContext) -> None:
+    """Tell SQLAlchemy that a connection the server ended is dead, so that the pool drops it (and renews the
+    others of its generation). It asks asyncpg whether the connection is closed, but PostgreSQL's
+    "terminating connection" error arrives before the socket closes, so it would be told no, and the broken
+    connection would go back into the pool for the next request to fail on."""
+    if connection_lost(context.original_exception):
+        context.is_disconnect = True
 
 
 def _refuse_closed_connection(

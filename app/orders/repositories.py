@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.lib.db import connection_lost
 from app.lib.outbox import Event, OutboxMessage
 from app.orders.models import IDEMPOTENCY_WINDOW, Order, OrderIdempotencyKey, OrderStatus
 from app.orders.schemas import OrderItem, OrderRead
@@ -228,7 +229,12 @@ async def read_page(
     """
     if connection.dialect.name == "postgresql":
         driver: Any = (await connection.get_raw_connection()).driver_connection
-        rows: Sequence[Any] = await driver.fetch(_PAGE_POSTGRESQL, user_id, limit, offset)
+        try:
+            rows: Sequence[Any] = await driver.fetch(_PAGE_POSTGRESQL, user_id, limit, offset)
+        except Exception as exc:
+            if connection_lost(exc):  # as SQLAlchemy does for its own statements: never reuse it
+                await connection.invalidate(exc)
+            raise
     else:
         rows = (await connection.execute(_PAGE, {"user_id": user_id, "limit": limit, "offset": offset})).all()
     if not rows:  # past the last page, the total has no row to ride on

@@ -8,7 +8,7 @@ database that is down or restarting does; or the database's backends are termina
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from uuid import uuid4
 
@@ -185,17 +185,47 @@ async def terminate_backends(database_url: str) -> None:
     name = database_url.rsplit("/", 1)[1]
     admin = await asyncpg.connect(POSTGRES_URL)
     try:
-        ended = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
+        backends = await admin.fetchval(
+            "SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name
         )
-        assert ended > 0
+        assert backends
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", backends)
 
         async def gone() -> bool:
-            remaining = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
-            return await admin.fetchval(remaining, name) == 0
+            return not await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = any($1)", backends
+            )
 
         await eventually(gone, "the database's backends to end", within=10)
     finally:
         await admin.close()
+
+
+async def test_requests_in_flight_when_backends_are_terminated_are_never_a_500(own_database: str) -> None:
+    """Backends terminated while every kind of request runs: each answers as usual or 503, never 500."""
+    async with serving(settings_for(own_database)) as client:
+        account = await signed_up(client)
+        orders = [await place_order(client, account, "3.00") for _ in range(10)]
+        headers = account.headers
+
+        def requests() -> list[Awaitable[Response]]:
+            email = f"{uuid4().hex}@example.com"
+            return [
+                client.get("/orders", headers=headers),
+                client.get(f"/orders/{uuid4()}", headers=headers),
+                token_request(client, account.email, PASSWORD),
+                client.post("/register", json={"email": email, "password": PASSWORD}),
+                client.post("/orders", json=order_body("1.00"), headers=headers),
+            ]
+
+        rounds = [asyncio.gather(*requests()) for _ in range(10)]
+        patches = [
+            client.patch(f"/orders/{order['id']}", json={"status": "PAID"}, headers=headers)
+            for order in orders
+        ]
+        answers = await asyncio.gather(*rounds, asyncio.gather(*patches), terminate_backends(own_database))
+        responses = [response for batch in answers[:-1] for response in batch]
+        assert {response.status_code for response in responses} <= {200, 201, 404, 503}
+        for response in responses:
+            if response.status_code == 503:
+                assert_unavailable(response)

@@ -75,6 +75,7 @@ def test_a_bug_or_a_conflict_is_not(error: BaseException) -> None:
 def test_only_a_connection_that_died_under_a_statement_is_lost() -> None:
     assert connection_lost(wrapped_by_the_repository(dropped_connection()))
     assert connection_lost(asyncpg.exceptions.AdminShutdownError("terminating connection"))
+    assert connection_lost(asyncpg.InternalClientError("cannot switch to state 12"))  # left mid-operation
     assert not connection_lost(
         ConnectionRefusedError(111, "Connect call failed")
     )  # never connected: no retry
