@@ -244,7 +244,7 @@ def rate_limit_config(
         stricter=stricter,
         rate_limit=rate,
         store=store,
-        exclude=[r"^/health", r"^/schema", r"^/docs", r"^/metrics"],
+        exclude=[r"^/health", r"^/schema", r"^/docs"],
         identifier_for_request=client_address,
         check_throttle_handler=_only_handlers_marked(only_opt) if only_opt else None,
         middleware_class=SharedRateLimitMiddleware,

@@ -12,6 +12,7 @@ from app.config import Settings
 from tests.proxy import proxy_to
 from tests.support import (
     PASSWORD,
+    POSTGRES_URL,
     UNREACHABLE_REDIS_URL,
     eventually,
     register,
@@ -46,8 +47,12 @@ async def test_malformed_json_is_a_client_error(client: Client) -> None:
     assert response.json()["status"] == 400
 
 
-async def test_a_broken_database_is_a_500_that_leaks_nothing(settings: Settings) -> None:
-    broken = same_stores(settings, database_url="postgresql+asyncpg://postgres@127.0.0.1:1/orders")
+# A database without the service's tables: every query fails as a bug would (an unreachable one is a 503).
+UNMIGRATED_DATABASE_URL = POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://")
+
+
+async def test_an_unexpected_database_error_is_a_500_that_leaks_nothing(settings: Settings) -> None:
+    broken = same_stores(settings, database_url=UNMIGRATED_DATABASE_URL)
     async with serving(broken) as client:
         response = await client.post("/register", json={"email": "a@example.com", "password": PASSWORD})
 
@@ -345,7 +350,7 @@ async def test_the_traceback_of_an_unexpected_error_shows_no_passwords(
     capsys: pytest.CaptureFixture[str], settings: Settings
 ) -> None:
     assert settings.log_format == "console"  # the development default, where tracebacks are pretty
-    broken = same_stores(settings, database_url="postgresql+asyncpg://postgres@127.0.0.1:1/orders")
+    broken = same_stores(settings, database_url=UNMIGRATED_DATABASE_URL)
     async with serving(broken) as client:
         response = await client.post("/token", data={"username": "ada@example.com", "password": PASSWORD})
 
