@@ -121,6 +121,7 @@ class Stack:
             "EVENTS_EXCHANGE": self.exchange,
             "CELERY_QUEUE": self.queue,
             "CONSUMER_METRICS_PORT": "0",
+            "METRICS_PORT": "0",  # any free port: a stack never clashes with another service's
             "JWT_SECRET": secrets.token_urlsafe(48),
             **self.settings,
         }
