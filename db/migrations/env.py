@@ -31,15 +31,23 @@ def database_url() -> str:
         raise SystemExit(f"orders: {exc}") from None  # what is wrong, as the service says it, no traceback
 
 
-def configure(**options: object) -> None:
-    url = database_url()
+def configure(
+    *,
+    connection: Connection | None = None,
+    url: str | None = None,
+    literal_binds: bool = False,
+    dialect_opts: dict[str, Any] | None = None,
+) -> None:
     context.configure(
+        connection=connection,
+        url=url,
+        literal_binds=literal_binds,
+        dialect_opts=dialect_opts,
         target_metadata=target_metadata,
-        render_as_batch=url.startswith("sqlite"),  # SQLite alters tables by copying them
+        render_as_batch=database_url().startswith("sqlite"),  # SQLite alters tables by copying them
         transactional_ddl=True,  # SQLite's DDL is transactional too, once the driver lets it (see below)
         compare_type=True,
         transaction_per_migration=False,  # one transaction for the whole upgrade
-        **options,
     )
 
 
