@@ -23,14 +23,14 @@ from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the app, and bench.reference
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the app
 
 import uvloop
+from reference import bare, one_redis_get
 from stack import PASSWORD, Stack
 
 from app.asgi import create_app
 from app.config import Settings
-from bench.reference import bare, one_redis_get
 
 ORDER = {
     "items": [

@@ -44,7 +44,7 @@ redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 @get("/")
 async def redis_reply() -> Reply:
     value = await redis.get("bench:reference")
-    return Reply(id=1, status="ok", value=value.decode() if value else None)
+    return Reply(id=1, status="ok", value=value.decode() if isinstance(value, bytes) else value)
 
 
 bare = Litestar([bare_reply], logging_config=None, openapi_config=None)
@@ -203,7 +203,10 @@ async def page_reply(user_id: UUID) -> list[OrderRow]:
     its schema and counts the user's orders for a header; the floor does neither."""
     async with connections.pool.acquire() as connection:
         rows = await connection.fetch(PAGE, user_id)
-    return [OrderRow(*row[:2], msgspec.Raw(row[2]), *row[3:]) for row in rows]
+    return [
+        OrderRow(order_id, user_id, msgspec.Raw(items), total, status, created_at, updated_at, processed_at)
+        for order_id, user_id, items, total, status, created_at, updated_at, processed_at in rows
+    ]
 
 
 irreducible_create = Litestar(

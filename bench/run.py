@@ -73,15 +73,22 @@ def wrk(url: str, script: str, token: str, seconds: int, connections: int, *, pa
     ]  # fmt: skip
     env = {"TOKEN": token, "PAUSE_MS": str(pause_ms)}
     report = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", report)[1])  # type: ignore[index]
+    rate = float(_search(r"Requests/sec:\s+([\d.]+)", report)[1])
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", report, re.MULTILINE))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", report))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
     return Load(rate, _ms(latency["50"]), _ms(latency["99"]), errors + (int(non_2xx[1]) if non_2xx else 0))
 
 
+def _search(pattern: str, text: str) -> re.Match[str]:
+    """The pattern's first match in text that always holds it (wrk's report): a clear error if it does not."""
+    if (match := re.search(pattern, text)) is None:
+        raise ValueError(f"no {pattern!r} in {text!r}")
+    return match
+
+
 def _ms(value: str) -> float:
-    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+    number, unit = _search(r"^([\d.]+)(\w+)", value).groups()
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 

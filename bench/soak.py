@@ -240,11 +240,13 @@ async def soak(stack: Stack, minutes: int, rate: float, metrics: list[str]) -> t
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30, limits=limits) as http:
         users = [await register(http, tally) for _ in range(REGULAR_USERS)]
         until = time.monotonic() + 60 * minutes
-        samples, *_ = await asyncio.gather(
+        samples, _ = await asyncio.gather(
             sample_every_minute(stack, minutes, metrics),
-            create_orders(http, tally, users, rate, until),
-            visitors(http, tally, until),
-            *(keep_signed_in(http, tally, user, until) for user in users),
+            asyncio.gather(
+                create_orders(http, tally, users, rate, until),
+                visitors(http, tally, until),
+                *(keep_signed_in(http, tally, user, until) for user in users),
+            ),
         )
     return samples, tally
 

@@ -141,7 +141,7 @@ class Stack:
     async def create_database(self) -> None:
         await admin(f'CREATE DATABASE "{self.database}"')
         await asyncio.to_thread(
-            subprocess.run, [BIN / "alembic", "upgrade", "head"], cwd=ROOT, env=self.env, check=True
+            subprocess.run, [str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=self.env, check=True
         )
 
     async def tear_down(self) -> None:
@@ -169,7 +169,8 @@ class Stack:
         PostgreSQL backend each time, whose CPU bench/run.py would count as the pipeline's."""
         if self._connection is None or self._connection.is_closed():
             self._connection = await asyncpg.connect(self.database_url)
-        return await self._connection.fetch(query, *args)
+        rows: list[asyncpg.Record] = await self._connection.fetch(query, *args)
+        return rows
 
     async def count(self, query: str, *args: object) -> int:
         [row] = await self.fetch(query, *args)
