@@ -29,7 +29,7 @@ import uvloop
 from reference import bare, one_redis_get
 from stack import PASSWORD, Stack
 
-from app.asgi import create_app
+from app.api import create_app
 from app.config import Settings
 
 ORDER = {

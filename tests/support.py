@@ -19,7 +19,7 @@ import asyncpg
 import msgspec
 from httpx import ASGITransport, AsyncClient, Response
 
-from app.asgi import create_app
+from app.api import create_app
 from app.config import RateLimit, Settings
 
 ROOT = Path(__file__).resolve().parent.parent

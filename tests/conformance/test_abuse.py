@@ -15,7 +15,7 @@ import jwt
 import pytest
 from httpx import AsyncClient, Response
 
-from app.asgi import MAX_BODY_BYTES
+from app.api import MAX_BODY_BYTES
 from app.lib.security import REQUIRED_CLAIMS
 from tests.support import JWT_SECRET, Account, bearer, new_email, order_body, place_order, signed_up
 

@@ -1,0 +1,207 @@
+"""The API role: ``create_app()`` wires settings, plugins, middleware and routes into a Litestar app.
+
+Importing this module builds nothing; ``app.asgi`` builds the app granian and the Litestar CLI serve.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, cast
+from uuid import UUID
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar, Request, get
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components
+from litestar.response import Redirect
+
+from app.accounts.auth import bearer_auth
+from app.accounts.cli import AccountsCLIPlugin
+from app.accounts.controller import AccountController
+from app.accounts.revocations import RevokedSessions
+from app.config import Settings, SettingsError
+from app.lib.broker import AmqpPublisher, Topology
+from app.lib.cors import CORSRefusals
+from app.lib.db import sqlalchemy_config
+from app.lib.errors import problem_details_plugin
+from app.lib.health import HealthController, ReadinessChecks
+from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
+from app.lib.metrics import prometheus_config
+from app.lib.openapi import StrictStructSchemaPlugin
+from app.lib.outbox import InProcessBus, Outbox, OutboxPlugin, Publisher
+from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
+from app.lib.redis import create_redis
+from app.lib.redis_pipe import close_pipelined
+from app.lib.security import PasswordHasher, TokenCodec, scope_header, unverified_session_id
+from app.lib.stores import AtomicStore, create_stores
+from app.orders.cache import ORDER_CACHE_STORE, OrderCache
+from app.orders.cli import EventsCLIPlugin
+from app.orders.controller import READS_CACHED_ORDER, OrderController
+from app.orders.events import NEW_ORDER
+from app.orders.processing import in_process_handler
+from app.orders.services import OrderReader, OrderService
+from app.retention import Retention, RetentionPlugin
+
+MAX_BODY_BYTES = 1024 * 1024
+_UUID_LENGTH = len(str(UUID(int=0)))
+_MAX_REMEMBERED_HEADER = 1024  # characters; an access token's Authorization header is about 400
+
+
+@get("/docs", include_in_schema=False, opt={"exclude_from_auth": True})
+async def docs() -> Redirect:
+    return Redirect("/schema/swagger")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    configure_logging(level=settings.log_level, as_json=settings.log_as_json)
+
+    db = sqlalchemy_config(settings.database_url, settings.database_pool_size)
+    redis = create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
+    hasher = PasswordHasher.from_settings(settings)
+    tokens = TokenCodec.from_settings(settings)
+    revoked = RevokedSessions(redis, settings.redis_key_prefix, max_lifetime=tokens.refresh_ttl, db=db)
+    auth = bearer_auth(tokens, revoked)
+    client_address = ClientAddress.trusting(settings.trusted_proxies)
+    stores = create_stores(redis, settings.redis_key_prefix)
+    order_cache = OrderCache(cast("AtomicStore", stores.get(ORDER_CACHE_STORE)), settings.cache_ttl_seconds)
+    amqp = (
+        AmqpPublisher(settings.amqp_url, Topology(settings.events_exchange, NEW_ORDER))
+        if settings.amqp_url
+        else None
+    )
+    publisher: Publisher = amqp or InProcessBus(in_process_handler(db, order_cache))
+    outbox = Outbox(db, publisher, settings.outbox_relay_interval_seconds)
+    cors = _cors(settings)
+
+    app = Litestar(
+        route_handlers=[AccountController, OrderController, HealthController, docs],
+        dependencies={
+            "settings": _singleton(settings),
+            "redis": _singleton(redis),
+            "hasher": _singleton(hasher),
+            "tokens": _singleton(tokens),
+            "revoked": _singleton(revoked),
+            "order_reader": _singleton(OrderReader(order_cache, db)),
+            "orders": _singleton(OrderService(db, order_cache, outbox)),
+            "readiness": _singleton(ReadinessChecks(db, redis, amqp)),
+        },
+        plugins=[
+            SQLAlchemyPlugin(config=db),
+            OutboxPlugin(outbox),  # after the database's plugin: see OutboxPlugin
+            RetentionPlugin(Retention.from_settings(db, settings)),  # likewise
+            problem_details_plugin(),
+            StrictStructSchemaPlugin(),
+            AccountsCLIPlugin(),
+            EventsCLIPlugin(),
+        ],
+        # Rate limits come before authentication, so floods of bad tokens are limited too.
+        middleware=[
+            # One middleware counts both limits, in one Redis call; on auth routes the stricter one's headers
+            # are the ones a client sees.
+            rate_limit_config(
+                settings.rate_limit.as_config(),
+                store="rate_limit",
+                client_address=client_address,
+                read_ahead=_read_ahead(revoked, order_cache),
+                stricter=rate_limit_config(
+                    settings.auth_rate_limit.as_config(),
+                    store="auth_rate_limit",
+                    client_address=client_address,
+                    only_opt=AUTH_RATE_LIMITED,
+                ),
+            ).middleware,
+            auth.middleware,
+            # Innermost: it records the status a handler answered with; 401s and 429s raised by the
+            # middleware above never reach it (see orders_rate_limited_total for the latter).
+            prometheus_config().middleware,
+        ],
+        stores=stores,
+        cors_config=cors,
+        openapi_config=_openapi(auth.openapi_components),
+        on_shutdown=[functools.partial(close_pipelined, redis), redis.aclose] if redis is not None else [],
+        request_max_body_size=MAX_BODY_BYTES,
+        logging_config=None,
+        debug=False,
+    )
+    if cors is not None:  # around Litestar's CORS middleware: its refusals become problem documents
+        app.asgi_handler = CORSRefusals(app.asgi_handler, cors)
+    # Outermost, so that every response (exception handler ones included) carries the request id.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    return app
+
+
+def _read_ahead(
+    revoked: RevokedSessions, order_cache: OrderCache
+) -> Callable[[Request[Any, Any, Any]], list[str]]:
+    """The Redis keys a request will read: its session's revocation state, and the order it asks for."""
+
+    def session_keys(authorization: str | None) -> tuple[str, ...]:
+        return tuple(revoked.keys_for(unverified_session_id(authorization)))
+
+    # Per Authorization header: a client sends the same one request after request, and decoding the token's
+    # payload and formatting the keys every time was ~5% of a cached read. Headers longer than any token of
+    # ours aren't kept, so that junk can't make the cache big.
+    remembered_session_keys = functools.lru_cache(maxsize=4096)(session_keys)
+
+    def keys(request: Request[Any, Any, Any]) -> list[str]:
+        authorization = scope_header(request.scope, b"authorization")
+        if authorization is not None and len(authorization) > _MAX_REMEMBERED_HEADER:
+            wanted = [*session_keys(authorization)]
+        else:
+            wanted = [*remembered_session_keys(authorization)]
+        if request.route_handler.opt.get(READS_CACHED_ORDER):
+            order_id: str = request.path_params["order_id"]
+            if len(order_id) == _UUID_LENGTH:  # else not a UUID: the handler answers 4xx without reading it
+                # As written in the path: in another spelling it is not the cache's key, and the cache reads
+                # its own key (a second round trip) rather than finding it read ahead.
+                wanted.append(order_cache.store.full_key(order_id))
+        return wanted
+
+    return keys
+
+
+def _singleton(value: Any) -> Provide:
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    if not settings.cors_allowed_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_allowed_origins),
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
+        expose_headers=[
+            REQUEST_ID_HEADER,
+            "X-Total-Count",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+            "RateLimit-Policy",
+        ],
+        allow_credentials=True,
+    )
+
+
+def _openapi(security_components: Components) -> OpenAPIConfig:
+    return OpenAPIConfig(
+        components=security_components,
+        title="orders",
+        version="0.1.0",
+        description="Order service API. Log in at `/token`, then send `Authorization: Bearer <token>`.",
+        render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin(), ScalarRenderPlugin()],
+    )
+
+
+def create_app_from_environment() -> Litestar:
+    """The app the environment's settings describe; invalid settings end the process with the reason."""
+    try:
+        return create_app()
+    except SettingsError as exc:
+        raise SystemExit(f"orders: {exc}") from None  # the reason, without a traceback around it
