@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -183,7 +183,7 @@ async def test_a_cached_read_costs_one_redis_round_trip(
         ).status_code == 200  # sessions synced, order cached
 
         commands: list[str] = []
-        send = redis.asyncio.Redis.execute_command
+        send: Callable[..., Awaitable[Any]] = redis.asyncio.Redis.execute_command  # untyped in redis-py
         send_pipelined = PipelinedRedis.execute
 
         async def counted(self: redis.asyncio.Redis, *args: Any, **options: Any) -> Any:
@@ -206,7 +206,9 @@ async def test_a_cached_read_costs_one_redis_round_trip(
 async def read_entry(settings: Settings, order_id: str) -> bytes | None:
     client_redis = redis.asyncio.Redis.from_url(REDIS_URL)
     try:
-        return await client_redis.get(cache_key(settings, order_id))  # type: ignore[no-any-return]
+        entry = await client_redis.get(cache_key(settings, order_id))
+        assert not isinstance(entry, str)  # a client without decode_responses reads bytes
+        return entry
     finally:
         await client_redis.aclose()
 

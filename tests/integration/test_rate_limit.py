@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -46,7 +47,8 @@ async def test_an_auth_route_counts_both_limits_in_one_redis_call(
     async with serving(settings) as client:
         await token_request(client, new_email(), "whatever-password")  # connected, script loaded
         scripts: list[str] = []
-        send, send_pipelined = Redis.execute_command, PipelinedRedis.execute
+        send: Callable[..., Awaitable[Any]] = Redis.execute_command  # untyped in redis-py
+        send_pipelined = PipelinedRedis.execute
 
         async def counted(self: Redis, *args: Any, **options: Any) -> Any:
             scripts.extend([str(args[0])] if str(args[0]).startswith("EVAL") else [])

@@ -29,8 +29,8 @@ async def clients() -> AsyncIterator[list[Redis]]:
         await client.aclose()
 
 
-def pipe_to(clients: list[Redis], url: str, timeout: float = 1.0) -> PipelinedRedis:
-    client = create_redis(url, timeout)
+def pipe_to(clients: list[Redis], url: str, timeout: float | None = 1.0) -> PipelinedRedis:
+    client = create_redis(url, timeout)  # type: ignore[arg-type]  # None, no timeout, is for tests alone
     clients.append(client)
     pipe = PipelinedRedis.of(client)
     assert pipe is not None
@@ -57,9 +57,10 @@ async def test_an_error_reply_is_raised_and_the_connection_goes_on(clients: list
     key = f"test-{uuid4().hex}"
     await pipe.execute("SET", key, "not a number", "EX", 60)
 
-    failing, after = await asyncio.gather(
+    replies = await asyncio.gather(
         pipe.execute("INCR", key), pipe.execute("ECHO", "after"), return_exceptions=True
     )
+    failing, after = replies
 
     assert isinstance(failing, ResponseError)
     assert after == b"after"

@@ -7,7 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,7 @@ async def test_each_batch_finds_its_rows_through_an_index(
     await add_sessions(pg, 40_000, expires=ago(-HOUR))
     await pg.execute("ANALYZE")
     compiled = purge.batch(datetime.now(UTC), Retention.BATCH, "postgresql").compile(
-        dialect=asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+        dialect=asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
     )
     parameters = [compiled.params[name] for name in compiled.positiontup or ()]
 
@@ -283,7 +283,7 @@ async def test_it_carries_on_through_a_database_outage(pg: asyncpg.Connection, d
     assert all(entry["log_level"] == "warning" for entry in failures(logs))
 
 
-def failures(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def failures(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"].startswith("retention pass failed")]
 
 

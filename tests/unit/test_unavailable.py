@@ -18,10 +18,10 @@ from app.lib.db import connection_lost, database_unavailable
 from app.lib.errors import RETRY_AFTER_SECONDS, problem_details_plugin
 
 
-def raised_from(error: BaseException, cause: BaseException) -> BaseException:
+def raised_from(error: Exception, cause: BaseException) -> Exception:
     try:
         raise error from cause
-    except BaseException as chained:
+    except Exception as chained:
         return chained
 
 
