@@ -126,7 +126,9 @@ async def serving(settings: Settings, peer: str = "127.0.0.1") -> AsyncIterator[
         running.result()  # startup failed: raise its error
     try:
         async with AsyncClient(
-            transport=ASGITransport(app=app, client=(peer, 123)), base_url="http://orders.test"
+            # Litestar types its ASGI scope and events more narrowly than httpx's generic ASGI app.
+            transport=ASGITransport(app=app, client=(peer, 123)),  # type: ignore[arg-type]
+            base_url="http://orders.test",
         ) as client:
             yield client
     finally:

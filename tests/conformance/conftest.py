@@ -82,7 +82,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
             "DATABASE_POOL_SIZE": "5",  # a couple of requests at a time: leave PostgreSQL to the others
             "LOG_LEVEL": "WARNING",  # errors only: thousands of requests would fill the log with access lines
         }
-        command = [BIN / "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
+        command = [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
         with log.open("wb") as output:
             server = subprocess.Popen(
                 [*command, "--workers", "2", "app.asgi:app"],

@@ -109,7 +109,7 @@ FORGERIES: dict[str, Any] = {
     "refresh type": lambda c: forge(c, typ="refresh"),
     "unknown type": lambda c: forge(c, typ="admin"),
     "session that is not a UUID": lambda c: forge(c, sid="'; DROP TABLE auth_session; --"),
-    **{f"without {claim}": (lambda c, claim=claim: forge(c, **{claim: None})) for claim in REQUIRED_CLAIMS},
+    **{f"without {claim}": (lambda c, claim=claim: forge({**c, claim: None})) for claim in REQUIRED_CLAIMS},
 }
 
 
