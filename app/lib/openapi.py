@@ -12,18 +12,15 @@ can't answer one: invalid parameters are 422 here, and only a body that can't be
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-
-# Litestar's own schema of a msgspec Struct, which this module extends; it has no public name.
-from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.plugins import OpenAPISchemaPlugin
 
 from app.lib.logging import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 
 if TYPE_CHECKING:
-    from litestar._openapi.schema_generation import SchemaCreator
     from litestar.typing import FieldDefinition
 
 _COUNT = Schema(type=OpenAPIType.INTEGER, minimum=0)
@@ -85,12 +82,25 @@ class RateLimitedOperation(ServiceOperation):
         self.add_headers(TOO_MANY_REQUESTS, status="429")
 
 
-class StrictStructSchemaPlugin(StructSchemaPlugin):
-    """A Struct that forbids unknown fields answers them with a 422: its schema allows no other properties."""
+class StrictStructSchemaPlugin(OpenAPISchemaPlugin):
+    """A Struct that forbids unknown fields answers them with a 422: its schema allows no other properties.
 
-    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
-        schema = super().to_openapi_schema(field_definition, schema_creator)
-        info = msgspec.inspect.type_info(field_definition.type_)
-        if isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields:
-            schema.additional_properties = False
-        return schema
+    Everything else in the schema is what the plugins after this one make of the Struct (Litestar's own, which
+    has no public name to extend), so the document says as much about each field as Litestar does.
+    """
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return (
+            not field_definition.is_union
+            and field_definition.is_subclass_of(msgspec.Struct)
+            and field_definition.type_.__struct_config__.forbid_unknown_fields
+        )
+
+    # The schema creator's class is private to Litestar, hence Any.
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        for plugin in schema_creator.plugins:
+            if plugin is not self and schema_creator.plugin_supports_field(plugin, field_definition):
+                schema: Schema = plugin.to_openapi_schema(field_definition, schema_creator)
+                schema.additional_properties = False
+                return schema
+        raise TypeError(f"no other OpenAPI schema plugin makes a schema of {field_definition.type_!r}")
