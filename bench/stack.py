@@ -169,8 +169,7 @@ class Stack:
         PostgreSQL backend each time, whose CPU bench/run.py would count as the pipeline's."""
         if self._connection is None or self._connection.is_closed():
             self._connection = await asyncpg.connect(self.database_url)
-        rows: list[asyncpg.Record] = await self._connection.fetch(query, *args)
-        return rows
+        return await self._connection.fetch(query, *args)
 
     async def count(self, query: str, *args: object) -> int:
         [row] = await self.fetch(query, *args)

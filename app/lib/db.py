@@ -6,7 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs; only its exception classes are used
+import asyncpg
 import structlog
 from advanced_alchemy.extensions.litestar import AsyncSessionConfig, EngineConfig, SQLAlchemyAsyncConfig
 from sqlalchemy import event

@@ -36,8 +36,7 @@ def deployment(database_url: str) -> Iterator[Settings]:
 async def events_of(settings: Settings, user_id: str) -> list[asyncpg.Record]:
     connection = await asyncpg.connect(settings.database_url.replace("+asyncpg", ""))
     try:
-        events: list[asyncpg.Record] = await connection.fetch(EVENTS_OF_USER, user_id)
-        return events
+        return await connection.fetch(EVENTS_OF_USER, user_id)
     finally:
         await connection.close()
 
