@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid4
@@ -182,9 +183,7 @@ async def test_the_publisher_reaches_a_broker_down_at_its_start_or_lost_later_an
             await processed(client, alice, during["id"], within=30)
 
     for order in (before, during):
-        await eventually(
-            lambda order=order: event_sent(deployment, order["id"]), "the event to be marked sent"
-        )
+        await eventually(partial(event_sent, deployment, order["id"]), "the event to be marked sent")
 
 
 async def test_a_refused_topology_is_declared_once_the_operator_fixed_it_and_events_go_out(
@@ -277,7 +276,7 @@ async def test_a_dead_lettered_event_replayed_from_the_cli_is_processed_once(
     await dead_letter_arrived(deployment)
     status = await asyncio.to_thread(
         subprocess.run,
-        [BIN / "litestar", "--app", "app.asgi:app", "events", "status"],
+        [str(BIN / "litestar"), "--app", "app.asgi:app", "events", "status"],
         cwd=ROOT,
         env=process_env(deployment),
         capture_output=True,
@@ -287,7 +286,7 @@ async def test_a_dead_lettered_event_replayed_from_the_cli_is_processed_once(
     assert f"{deployment.events_exchange}.new_order.dead: 1 message(s) ready" in status.stdout
     unreachable = await asyncio.to_thread(
         subprocess.run,
-        [BIN / "litestar", "--app", "app.asgi:app", "events", "status"],
+        [str(BIN / "litestar"), "--app", "app.asgi:app", "events", "status"],
         cwd=ROOT,
         env={**process_env(deployment), "AMQP_URL": UNREACHABLE_AMQP_URL},
         capture_output=True,
@@ -301,7 +300,7 @@ async def test_a_dead_lettered_event_replayed_from_the_cli_is_processed_once(
 
     replayed = await asyncio.to_thread(
         subprocess.run,
-        [BIN / "litestar", "--app", "app.asgi:app", "events", "replay"],
+        [str(BIN / "litestar"), "--app", "app.asgi:app", "events", "replay"],
         cwd=ROOT,
         env=process_env(deployment),
         capture_output=True,
