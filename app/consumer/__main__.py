@@ -1,14 +1,16 @@
 """``python -m app.consumer``: consume ``new_order`` events and hand them to the worker in batches.
 
 Each event is validated on arrival: one that is not an event goes to the dead-letter queue at once, alone.
-Valid ones gather into a batch, sent as one ``process_orders`` task once it holds ``CONSUMER_BATCH_SIZE``
-events or ``CONSUMER_BATCH_WAIT_MS`` after its first arrived, whichever comes first. Its events are
-acknowledged only after the Celery broker confirmed the task. A task that can't be sent keeps its events in
-hand and is sent again with backoff until the Celery broker takes it: the failure is the broker's, not the
-events', so it must not spend the deliveries after which the queue dead-letters a message. The task is
-idempotent, so an event delivered twice (in one batch or two) has one effect. SIGTERM stops the
-consumption, sends the batch being filled, lets the batches in hand finish (a dispatch being retried ends
-with the attempt under way) and hands every event not dispatched back to the broker.
+Valid ones gather into a batch, sent as one ``PROCESS_ORDERS`` task (app.orders.processing; the worker runs
+it) once it holds ``CONSUMER_BATCH_SIZE`` events or ``CONSUMER_BATCH_WAIT_MS`` after its first arrived,
+whichever comes first, through a producer-only Celery app (``celery_app``, app.lib.broker: the worker's app
+and tasks are not loaded here). Its events are acknowledged only after the Celery broker confirmed the
+task. A task that can't be sent keeps its events in hand and is sent again with backoff until the Celery
+broker takes it: the failure is the broker's, not the events', so it must not spend the deliveries after
+which the queue dead-letters a message. The task is idempotent, so an event delivered twice (in one batch
+or two) has one effect. SIGTERM stops the consumption, sends the batch being filled, lets the batches in
+hand finish (a dispatch being retried ends with the attempt under way) and hands every event not
+dispatched back to the broker.
 
 Batches are made here rather than by celery-batches, which gathers one-order tasks inside the worker: the
 cost was per Celery message (the consumer's send and confirm, RabbitMQ's persistent hop through a quorum
@@ -39,12 +41,11 @@ from prometheus_client.process_collector import ProcessCollector
 from uuid_utils.compat import uuid7
 
 from app.config import Settings
-from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, close, connect
+from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, celery_app, close, connect
 from app.lib.logging import configure_logging
 from app.lib.metrics import metric
 from app.orders.events import NEW_ORDER, decode_new_order
-from app.orders.processing import OrderToProcess
-from app.worker.config import PROCESS_ORDERS, create_celery
+from app.orders.processing import PROCESS_ORDERS, OrderToProcess
 
 log = structlog.get_logger("app.consumer")
 
@@ -250,7 +251,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await Consumer(settings, create_celery(settings)).run(stop)
+    await Consumer(settings, celery_app(settings)).run(stop)
 
 
 if __name__ == "__main__":

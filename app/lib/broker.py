@@ -1,4 +1,5 @@
-"""RabbitMQ through aio-pika: the topology both sides declare, and the API's publisher.
+"""RabbitMQ: the events' topology that both sides declare and the API's publisher (aio-pika), and the Celery
+app through which the consumer sends tasks to the worker.
 
 aio-pika's defaults lose messages; here exchanges and queues are durable, messages persistent and
 published with confirms and ``mandatory`` routing, queues are quorum queues with a dead-letter exchange
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import structlog
@@ -23,8 +24,13 @@ from aio_pika.abc import (
 )
 from aio_pika.connection import make_url
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from celery import Celery
+from kombu import Queue
 
-from app.lib.outbox import Event
+from app.config import Settings
+
+if TYPE_CHECKING:  # the outbox imports this module to build its publisher
+    from app.lib.outbox import Event
 
 log = structlog.get_logger(__name__)
 
@@ -282,3 +288,29 @@ def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
         timestamp=message.timestamp,
         headers=headers,
     )
+
+
+def celery_app(settings: Settings) -> Celery:
+    """The Celery app of the task queue as a producer sees it: the consumer sends tasks with it, and the
+    worker (app.worker.tasks) adds its own options to it, so that both name the same broker and queue.
+
+    A task is published with RabbitMQ's confirm (the producer blocks until then) and a refused publish is
+    retried before the send fails; the queue is durable.
+    """
+    celery = Celery("orders", broker=settings.celery_broker)
+    celery.conf.update(
+        task_default_queue=settings.celery_queue,
+        task_queues=[Queue(settings.celery_queue, durable=True)],
+        task_serializer="json",
+        broker_transport_options={"confirm_publish": True},
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 5,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 3,
+        },
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return celery

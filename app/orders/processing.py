@@ -1,4 +1,5 @@
-"""What processing orders means, shared by the Celery worker and the embedded in-process bus.
+"""What processing orders means, shared by the Celery worker and the embedded in-process bus, and the task
+that asks for it: its name and its argument, as the consumer sends it and the worker runs it.
 
 Processing accepts a placed order into fulfilment: it stamps ``processed_at``, once. The status is left
 alone (payment and shipping move it), so a canceled order is stamped too: its event was handled. Running
@@ -25,6 +26,13 @@ from app.orders.repositories import ChangedOrder, OrderRepository
 
 log = structlog.get_logger(__name__)
 
+PROCESS_ORDERS = "orders.process_orders"
+"""The Celery task of a batch, ``[[order_id, request_id], ...]`` (``OrderToProcess``): sent by the consumer
+(app.consumer), run by the worker's ``process_orders_task`` (app.worker.tasks)."""
+PROCESS_ORDER = "orders.process_order"
+"""The task of one order, ``order_id`` (the request id in its ``request_id`` header), as releases before the
+batches sent it: still run by the worker (``process_order_task``), for tasks queued at an upgrade."""
+
 
 class OrderToProcess(msgspec.Struct, frozen=True, array_like=True):
     """One order of a batch, with the id of the request that placed it (for the log lines)."""
@@ -38,12 +46,16 @@ async def process_orders(
 ) -> list[ChangedOrder]:
     """Process the orders of ``batch``; those processed before, or unknown, are left as they are.
 
+    The UPDATE commits as it runs (``statement_session`` is in autocommit mode, and a single statement is
+    atomic on its own), so the cache is refreshed with committed rows only.
+
     Errors of the database stay SQLAlchemy's, so that the worker can tell a lost connection (retry) from a
     bug (fail). The orders it stamped are returned.
     """
     order_ids = [item.order_id for item in batch]
     async with statement_session(db) as session:
         repository = OrderRepository(session=session)
+        # The batch's commit: this one UPDATE, committed as it runs (an autocommit session).
         stamped = await repository.mark_processed(order_ids, datetime.now(UTC))
         done = {changed.order.id: changed.order for changed in stamped}
         missed = [order_id for order_id in order_ids if order_id not in done]

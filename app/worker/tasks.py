@@ -1,5 +1,8 @@
-"""The tasks. Each worker process runs its tasks' async code on one event loop of its own, with its own
-database pool and Redis client, made on first use (after Celery forked the process)."""
+"""The worker's Celery app and its tasks, which process the batches the consumer sends.
+
+Each worker process runs its tasks' async code on one event loop of its own, with its own database pool and
+Redis client, made on first use (after Celery forked the process).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +14,53 @@ from uuid import UUID
 
 import msgspec
 import structlog
-from celery import Task
+from celery import Celery, Task
+from celery.signals import setup_logging
 from sqlalchemy.exc import DBAPIError
 
+from app.config import Settings
+from app.lib.broker import celery_app
 from app.lib.db import UNAVAILABLE_ERRORS, sqlalchemy_config
+from app.lib.logging import configure_logging
 from app.lib.redis import create_redis
 from app.lib.stores import AtomicStore, create_stores
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
-from app.orders.processing import OrderToProcess, process_orders
-from app.worker import celery, settings
-from app.worker.config import PROCESS_ORDER, PROCESS_ORDERS
+from app.orders.processing import PROCESS_ORDER, PROCESS_ORDERS, OrderToProcess, process_orders
 
 log = structlog.get_logger(__name__)
+
+
+def worker_app(settings: Settings) -> Celery:
+    """The app the consumer sends tasks with (same broker, same queue), with what a worker adds: a task is
+    never lost between broker and worker."""
+    celery = celery_app(settings)
+    celery.conf.update(
+        accept_content=["json"],
+        task_ignore_result=True,
+        # Acknowledge after the task ran, and hand it back if the worker process dies mid-task.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # Each task is a batch of up to CONSUMER_BATCH_SIZE orders: one in hand per process beyond the one
+        # running keeps every process busy.
+        worker_prefetch_multiplier=2,
+        # Processing waits on the database and Redis far more than it computes: more processes than CPUs.
+        worker_concurrency=settings.worker_concurrency,
+        broker_connection_retry_on_startup=True,
+        # Task events cost RabbitMQ messages per task; Flower switches them on while it watches.
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+    )
+    return celery
+
+
+settings = Settings.from_env()
+celery = worker_app(settings)
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    """Our structured logging instead of Celery's own, in the worker (Flower logs through tornado)."""
+    configure_logging(level=settings.log_level, as_json=settings.log_as_json)
 
 
 class ConnectionLost(Exception):

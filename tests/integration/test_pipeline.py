@@ -21,12 +21,12 @@ from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
-from app.lib.broker import DELIVERY_LIMIT, AmqpPublisher, Topology
+from app.lib.broker import DELIVERY_LIMIT, AmqpPublisher, Topology, celery_app
 from app.lib.db import sqlalchemy_config
 from app.lib.outbox import Outbox
 from app.orders.events import NEW_ORDER
+from app.orders.processing import PROCESS_ORDER, PROCESS_ORDERS
 from app.orders.schemas import OrderCreate
-from app.worker.config import PROCESS_ORDER, PROCESS_ORDERS, create_celery
 from tests.conftest import forget_redis_keys
 from tests.pipeline import BIN, ROOT, WORKER_PROCESSES, Pipeline, Role, process_env
 from tests.proxy import proxy_to
@@ -574,7 +574,7 @@ async def test_a_one_order_task_of_an_earlier_release_is_processed(
 
 def send_task(settings: Settings, name: str, args: list[Any], **options: Any) -> None:
     """Send a task to the deployment's worker as a producer would, bypassing the consumer."""
-    celery = create_celery(settings)
+    celery = celery_app(settings)
     try:
         celery.send_task(name, args=args, **options)
     finally:

@@ -1,0 +1,75 @@
+"""Each process role loads its own code and the shared code, never another role's: the consumer doesn't run
+the worker's module (its settings, its Celery app), and the worker doesn't load the web app."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION = {
+    "APP_ENV": "production",
+    "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/orders",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+    "JWT_SECRET": "a-production-like-secret-of-more-than-32-characters",
+}
+# What each role's process loads at start: the consumer's module and the Celery app it sends tasks with; the
+# worker's app, as `celery -A app.worker` finds it, with the modules a worker imports before it consumes.
+CONSUMER = """
+from app.config import Settings
+from app.consumer.__main__ import Consumer
+from app.lib.broker import celery_app
+celery_app(Settings.from_env()).producer_pool
+"""
+WORKER = """
+from celery.app.utils import find_app
+celery = find_app("app.worker")
+celery.loader.import_default_modules()
+celery.finalize()
+assert "orders.process_orders" in celery.tasks
+"""
+WEB = ("app.asgi", "app.api", "app.serve")
+
+
+def modules_loaded_by(code: str) -> list[str]:
+    """The ``app`` modules a fresh interpreter has loaded once ``code`` ran, in a production environment."""
+    report = "import json, sys; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'app')))"
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **PRODUCTION}
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{report}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
+
+
+def other_roles(loaded: list[str], *roles: str) -> list[str]:
+    return [
+        name
+        for name in loaded
+        if name.endswith(".controller") or any(name == role or name.startswith(f"{role}.") for role in roles)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("code", "roles"),
+    [
+        pytest.param(CONSUMER, ("app.worker", *WEB), id="consumer"),
+        pytest.param(WORKER, ("app.consumer", *WEB), id="worker"),
+    ],
+)
+def test_a_role_loads_no_other_role(code: str, roles: tuple[str, ...]) -> None:
+    loaded = modules_loaded_by(code)
+    assert "app.orders.processing" in loaded  # the shared task contract: the check sees the role's imports
+    assert other_roles(loaded, *roles) == []
