@@ -24,7 +24,7 @@ from app.accounts.cli import AccountsCLIPlugin
 from app.accounts.controller import AccountController
 from app.accounts.revocations import RevokedSessions
 from app.config import Settings, SettingsError
-from app.lib.broker import AmqpPublisher, Topology
+from app.lib.broker import AmqpPublisher
 from app.lib.cors import CORSRefusals
 from app.lib.db import sqlalchemy_config
 from app.lib.errors import problem_details_plugin
@@ -32,7 +32,7 @@ from app.lib.health import HealthController, ReadinessChecks
 from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
 from app.lib.metrics import prometheus_config
 from app.lib.openapi import StrictStructSchemaPlugin
-from app.lib.outbox import InProcessBus, Outbox, OutboxPlugin, Publisher
+from app.lib.outbox import Outbox, OutboxPlugin, publisher_for
 from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 from app.lib.redis import create_redis
 from app.lib.redis_pipe import close_pipelined
@@ -69,12 +69,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     client_address = ClientAddress.trusting(settings.trusted_proxies)
     stores = create_stores(redis, settings.redis_key_prefix)
     order_cache = OrderCache(cast("AtomicStore", stores.get(ORDER_CACHE_STORE)), settings.cache_ttl_seconds)
-    amqp = (
-        AmqpPublisher(settings.amqp_url, Topology(settings.events_exchange, NEW_ORDER))
-        if settings.amqp_url
-        else None
-    )
-    publisher: Publisher = amqp or InProcessBus(in_process_handler(db, order_cache))
+    publisher = publisher_for(settings, NEW_ORDER, in_process_handler(db, order_cache))
+    amqp = publisher if isinstance(publisher, AmqpPublisher) else None  # readiness reports its connection
     outbox = Outbox(db, publisher, settings.outbox_relay_interval_seconds)
     cors = _cors(settings)
 

@@ -26,6 +26,8 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import Index, LargeBinary, String, Update, func, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.config import Settings
+from app.lib.broker import AmqpPublisher, Topology
 from app.lib.db import autocommit_engine, database_unavailable
 from app.lib.metrics import metric
 
@@ -94,6 +96,17 @@ class Publisher(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+EventHandler = Callable[[Sequence[Event]], Awaitable[None]]
+
+
+def publisher_for(settings: Settings, topic: str, handle_in_process: EventHandler) -> Publisher:
+    """The outbox's publisher: ``AmqpPublisher``, to RabbitMQ's ``topic`` queue, when ``AMQP_URL`` is set;
+    else (the embedded default) ``InProcessBus``, which hands the events to ``handle_in_process`` at once."""
+    if settings.amqp_url:
+        return AmqpPublisher(settings.amqp_url, Topology(settings.events_exchange, topic))
+    return InProcessBus(handle_in_process)
 
 
 class Outbox:
@@ -262,7 +275,7 @@ class OutboxPlugin(InitPluginProtocol):
 class InProcessBus:
     """The publisher of the embedded default: hands the events straight to ``handler`` in this process."""
 
-    def __init__(self, handler: Callable[[Sequence[Event]], Awaitable[None]]) -> None:
+    def __init__(self, handler: EventHandler) -> None:
         self.handler = handler
 
     async def connect(self) -> None:
