@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
@@ -19,7 +20,7 @@ from litestar.openapi.plugins import RedocRenderPlugin, ScalarRenderPlugin, Swag
 from litestar.openapi.spec import Components
 from litestar.response import Redirect
 
-from app.accounts.auth import bearer_auth
+from app.accounts.auth import BearerAuth, bearer_auth
 from app.accounts.cli import AccountsCLIPlugin
 from app.accounts.controller import AccountController
 from app.accounts.revocations import RevokedSessions
@@ -29,7 +30,7 @@ from app.lib.cors import CORSRefusals
 from app.lib.db import sqlalchemy_config
 from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController, ReadinessChecks
-from app.lib.logging import REQUEST_ID_HEADER, RequestContextMiddleware, configure_logging
+from app.lib.logging import REQUEST_ID_HEADER, RequestContext, configure_logging
 from app.lib.metrics import prometheus_config
 from app.lib.openapi import StrictStructSchemaPlugin
 from app.lib.outbox import Outbox, OutboxPlugin, publisher_for
@@ -46,6 +47,13 @@ from app.orders.processing import in_process_handler
 from app.orders.services import OrderReader, OrderService
 from app.retention import Retention, RetentionPlugin
 
+if TYPE_CHECKING:
+    from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+    from litestar.plugins import PluginProtocol
+    from litestar.stores.registry import StoreRegistry
+    from litestar.types import Middleware
+    from redis.asyncio import Redis
+
 MAX_BODY_BYTES = 1024 * 1024
 _UUID_LENGTH = len(str(UUID(int=0)))
 _MAX_REMEMBERED_HEADER = 1024  # characters; an access token's Authorization header is about 400
@@ -59,76 +67,125 @@ async def docs() -> Redirect:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)
-
-    db = sqlalchemy_config(settings.database_url, settings.database_pool_size)
-    redis = create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
-    hasher = PasswordHasher.from_settings(settings)
-    tokens = TokenCodec.from_settings(settings)
-    revoked = RevokedSessions(redis, settings.redis_key_prefix, max_lifetime=tokens.refresh_ttl, db=db)
-    auth = bearer_auth(tokens, revoked)
-    client_address = ClientAddress.trusting(settings.trusted_proxies)
-    stores = create_stores(redis, settings.redis_key_prefix)
-    order_cache = OrderCache(cast("AtomicStore", stores.get(ORDER_CACHE_STORE)), settings.cache_ttl_seconds)
-    publisher = publisher_for(settings, NEW_ORDER, in_process_handler(db, order_cache))
-    amqp = publisher if isinstance(publisher, AmqpPublisher) else None  # readiness reports its connection
-    outbox = Outbox(db, publisher, settings.outbox_relay_interval_seconds)
+    services = Services.from_settings(settings)
+    request_context = RequestContext()
     cors = _cors(settings)
-
-    app = Litestar(
+    return Litestar(
         route_handlers=[AccountController, OrderController, HealthController, docs],
-        dependencies={
-            "settings": _singleton(settings),
-            "redis": _singleton(redis),
-            "hasher": _singleton(hasher),
-            "tokens": _singleton(tokens),
-            "revoked": _singleton(revoked),
-            "order_reader": _singleton(OrderReader(order_cache, db)),
-            "orders": _singleton(OrderService(db, order_cache, outbox)),
-            "readiness": _singleton(ReadinessChecks(db, redis, amqp)),
-        },
-        plugins=[
-            SQLAlchemyPlugin(config=db),
-            OutboxPlugin(outbox),  # after the database's plugin: see OutboxPlugin
-            RetentionPlugin(Retention.from_settings(db, settings)),  # likewise
-            problem_details_plugin(),
-            StrictStructSchemaPlugin(),
-            AccountsCLIPlugin(),
-            EventsCLIPlugin(),
-        ],
-        # Rate limits come before authentication, so floods of bad tokens are limited too.
-        middleware=[
-            # One middleware counts both limits, in one Redis call; on auth routes the stricter one's headers
-            # are the ones a client sees.
-            rate_limit_config(
-                settings.rate_limit.as_config(),
-                store="rate_limit",
-                client_address=client_address,
-                read_ahead=_read_ahead(revoked, order_cache),
-                stricter=rate_limit_config(
-                    settings.auth_rate_limit.as_config(),
-                    store="auth_rate_limit",
-                    client_address=client_address,
-                    only_opt=AUTH_RATE_LIMITED,
-                ),
-            ).middleware,
-            auth.middleware,
-            # Innermost: it records the status a handler answered with; 401s and 429s raised by the
-            # middleware above never reach it (see orders_rate_limited_total for the latter).
-            prometheus_config().middleware,
-        ],
-        stores=stores,
+        dependencies=services.dependencies(),
+        plugins=_plugins(services),
+        middleware=_middleware(services, request_context),
+        # Hooks on every response, those the middleware never sees included (see RequestContext).
+        before_send=[request_context.before_send, *([CORSRefusals(cors).before_send] if cors else [])],
+        stores=services.stores,
         cors_config=cors,
-        openapi_config=_openapi(auth.openapi_components),
-        on_shutdown=[functools.partial(close_pipelined, redis), redis.aclose] if redis is not None else [],
+        openapi_config=_openapi(services.auth.openapi_components),
+        on_shutdown=services.on_shutdown(),
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
         debug=False,
     )
-    if cors is not None:  # around Litestar's CORS middleware: its refusals become problem documents
-        app.asgi_handler = CORSRefusals(app.asgi_handler, cors)
-    # Outermost, so that every response (exception handler ones included) carries the request id.
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
-    return app
+
+
+@dataclass(frozen=True)
+class Services:
+    """What one API process holds for its lifetime: its connections, and what its handlers are given."""
+
+    settings: Settings
+    db: SQLAlchemyAsyncConfig
+    redis: Redis | None
+    stores: StoreRegistry
+    hasher: PasswordHasher
+    tokens: TokenCodec
+    revoked: RevokedSessions
+    auth: BearerAuth
+    order_cache: OrderCache
+    amqp: AmqpPublisher | None
+    outbox: Outbox
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        db = sqlalchemy_config(settings.database_url, settings.database_pool_size)
+        redis = (
+            create_redis(settings.redis_url, settings.redis_timeout_seconds) if settings.redis_url else None
+        )
+        tokens = TokenCodec.from_settings(settings)
+        revoked = RevokedSessions(redis, settings.redis_key_prefix, max_lifetime=tokens.refresh_ttl, db=db)
+        stores = create_stores(redis, settings.redis_key_prefix)
+        order_cache = OrderCache(
+            cast("AtomicStore", stores.get(ORDER_CACHE_STORE)), settings.cache_ttl_seconds
+        )
+        publisher = publisher_for(settings, NEW_ORDER, in_process_handler(db, order_cache))
+        amqp = publisher if isinstance(publisher, AmqpPublisher) else None  # readiness reports its connection
+        return cls(
+            settings=settings,
+            db=db,
+            redis=redis,
+            stores=stores,
+            hasher=PasswordHasher.from_settings(settings),
+            tokens=tokens,
+            revoked=revoked,
+            auth=bearer_auth(tokens, revoked),
+            order_cache=order_cache,
+            amqp=amqp,
+            outbox=Outbox(db, publisher, settings.outbox_relay_interval_seconds),
+        )
+
+    def dependencies(self) -> dict[str, Provide]:
+        return {
+            "settings": _singleton(self.settings),
+            "redis": _singleton(self.redis),
+            "hasher": _singleton(self.hasher),
+            "tokens": _singleton(self.tokens),
+            "revoked": _singleton(self.revoked),
+            "order_reader": _singleton(OrderReader(self.order_cache, self.db)),
+            "orders": _singleton(OrderService(self.db, self.order_cache, self.outbox)),
+            "readiness": _singleton(ReadinessChecks(self.db, self.redis, self.amqp)),
+        }
+
+    def on_shutdown(self) -> list[Callable[[], object]]:
+        if self.redis is None:
+            return []
+        return [functools.partial(close_pipelined, self.redis), self.redis.aclose]
+
+
+def _plugins(services: Services) -> list[PluginProtocol]:
+    return [
+        SQLAlchemyPlugin(config=services.db),
+        OutboxPlugin(services.outbox),  # after the database's plugin: see OutboxPlugin
+        RetentionPlugin(Retention.from_settings(services.db, services.settings)),  # likewise
+        problem_details_plugin(),
+        StrictStructSchemaPlugin(),
+        AccountsCLIPlugin(),
+        EventsCLIPlugin(),
+    ]
+
+
+def _middleware(services: Services, request_context: RequestContext) -> list[Middleware]:
+    settings = services.settings
+    client_address = ClientAddress.trusting(settings.trusted_proxies)
+    return [
+        request_context,  # first, so that the lines of the middleware below carry the request id
+        # Rate limits come before authentication, so floods of bad tokens are limited too. One middleware
+        # counts both limits, in one Redis call; on auth routes the stricter one's headers are the ones a
+        # client sees.
+        rate_limit_config(
+            settings.rate_limit.as_config(),
+            store="rate_limit",
+            client_address=client_address,
+            read_ahead=_read_ahead(services.revoked, services.order_cache),
+            stricter=rate_limit_config(
+                settings.auth_rate_limit.as_config(),
+                store="auth_rate_limit",
+                client_address=client_address,
+                only_opt=AUTH_RATE_LIMITED,
+            ),
+        ).middleware,
+        services.auth.middleware,
+        # Innermost: it records the status a handler answered with; 401s and 429s raised by the middleware
+        # above never reach it (see orders_rate_limited_total for the latter).
+        prometheus_config().middleware,
+    ]
 
 
 def _read_ahead(

@@ -1,8 +1,11 @@
-"""CORS answers in the service's own terms, around Litestar's CORS middleware (configured by ``CORSConfig``).
+"""CORS answers in the service's own terms, from Litestar's CORS middleware (configured by ``CORSConfig``).
 
 Litestar refuses a preflight (origin, method or headers not allowed) with a plain-text 400, and puts the
 allowed methods and headers on every response, whatever the origin. Here a refused preflight is a problem
 document like every other error, and an origin that is not allowed gets no ``Access-Control-*`` header at all.
+
+Litestar places its CORS middleware outside the app's own middleware, and answers a preflight before any
+route is matched, so no middleware of ours sees those answers; a ``before_send`` hook sees every response.
 """
 
 from __future__ import annotations
@@ -10,68 +13,62 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import msgspec
-from litestar.enums import ScopeType
 
 from app.lib.errors import PROBLEM_MEDIA_TYPE, ProblemDetails
 
 if TYPE_CHECKING:
     from litestar.config.cors import CORSConfig
-    from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+    from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Scope
 
 _CORS_HEADER_PREFIX = b"access-control-"
+_REFUSAL_KEY = "cors_refusal"
+"""In the scope's state: the plain-text reason of a refused preflight, as much of it as has been sent."""
 
 
 class CORSRefusals:
-    def __init__(self, app: ASGIApp, config: CORSConfig) -> None:
-        self.app = app
+    def __init__(self, config: CORSConfig) -> None:
         self.config = config
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = _origin(scope) if scope["type"] == ScopeType.HTTP else None
+    async def before_send(self, message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start":
+            self._on_start(message, scope)
+        elif message["type"] == "http.response.body" and _REFUSAL_KEY in scope["state"]:
+            _refusal_as_problem(message, scope)
+
+    def _on_start(self, message: HTTPResponseStartEvent, scope: Scope) -> None:
+        origin = _origin(scope)
         if origin is None:
-            await self.app(scope, receive, send)
             return
-        foreign = not self.config.is_origin_allowed(origin)
-        preflight = scope.get("method") == "OPTIONS"
-        if not foreign and not preflight:
-            await self.app(scope, receive, send)
-            return
-        refused: HTTPResponseStartEvent | None = None
-        body = b""
+        if not self.config.is_origin_allowed(origin):
+            message["headers"] = [
+                (name, value)
+                for name, value in message.get("headers", ())
+                if not name.lower().startswith(_CORS_HEADER_PREFIX)
+            ]
+        # Every preflight is the CORS middleware's answer, and a 400 its refusal.
+        if scope.get("method") == "OPTIONS" and message["status"] == 400:
+            scope["state"][_REFUSAL_KEY] = b""
+            # The problem document's length is known once the reason has been read: the server frames it.
+            message["headers"] = [
+                *(
+                    (name, value)
+                    for name, value in message.get("headers", ())
+                    if name.lower() not in {b"content-type", b"content-length"}
+                ),
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+            ]
 
-        async def send_in_our_terms(message: Message) -> None:
-            nonlocal refused, body
-            if message["type"] == "http.response.start":
-                if foreign:
-                    message["headers"] = [
-                        (name, value)
-                        for name, value in message.get("headers", ())
-                        if not name.lower().startswith(_CORS_HEADER_PREFIX)
-                    ]
-                if preflight and message["status"] == 400:
-                    refused = message  # held until its plain-text reason has been read
-                    return
-            elif refused is not None and message["type"] == "http.response.body":
-                body += message.get("body", b"")
-                if message.get("more_body", False):
-                    return
-                problem = msgspec.json.encode(
-                    ProblemDetails(status=400, title="Bad Request", detail=body.decode() or "CORS refused")
-                )
-                refused["headers"] = [
-                    *(
-                        (name, value)
-                        for name, value in refused.get("headers", ())
-                        if name.lower() not in {b"content-type", b"content-length"}
-                    ),
-                    (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                    (b"content-length", str(len(problem)).encode()),
-                ]
-                await send(refused)
-                message = {"type": "http.response.body", "body": problem, "more_body": False}
-            await send(message)
 
-        await self.app(scope, receive, send_in_our_terms)
+def _refusal_as_problem(message: HTTPResponseBodyEvent, scope: Scope) -> None:
+    """Sends nothing of the plain-text reason until its last part, which becomes the problem document."""
+    reason: bytes = scope["state"][_REFUSAL_KEY] + message.get("body", b"")
+    scope["state"][_REFUSAL_KEY] = reason
+    if message.get("more_body", False):
+        message["body"] = b""
+        return
+    message["body"] = msgspec.json.encode(
+        ProblemDetails(status=400, title="Bad Request", detail=reason.decode() or "CORS refused")
+    )
 
 
 def _origin(scope: Scope) -> str | None:

@@ -7,11 +7,15 @@ import random
 import re
 import sys
 import time
+from collections.abc import Mapping
+from contextvars import Token
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import msgspec
 import structlog
 from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
 from structlog.typing import EventDict, Processor
 
 if TYPE_CHECKING:
@@ -20,6 +24,7 @@ if TYPE_CHECKING:
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()
 _HANDLER_NAME = "app"
+_CONTEXT_KEY = "request_context"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 """A request id a client may choose (others are replaced by a new one)."""
 _VALID_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
@@ -38,19 +43,31 @@ def configure_logging(*, level: str, as_json: bool) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Processor = (
-        structlog.processors.JSONRenderer(serializer=_json)
-        if as_json
-        # A plain traceback: structlog's default (rich, when installed) prints every frame's local variables,
-        # passwords and tokens included, and takes seconds of the event loop to render.
-        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
-    )
+    renderer = _renderer(as_json)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info if as_json else _keep, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=_NamedLogger,
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers = [
+        *(h for h in root.handlers if h.name != _HANDLER_NAME),
+        _standard_library_handler(shared, renderer, as_json),
+    ]
+    root.setLevel(level)
+
+
+def _renderer(as_json: bool) -> Processor:
+    if as_json:
+        return structlog.processors.JSONRenderer(serializer=_json)
+    # A plain traceback: structlog's default (rich, when installed) prints every frame's local variables,
+    # passwords and tokens included, and takes seconds of the event loop to render.
+    return structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+
+
+def _standard_library_handler(shared: list[Processor], renderer: Processor, as_json: bool) -> logging.Handler:
+    """Renders the lines of libraries that log through the standard library as structlog renders ours."""
     handler = logging.StreamHandler(sys.stderr)
     handler.name = _HANDLER_NAME
     handler.setFormatter(
@@ -65,9 +82,7 @@ def configure_logging(*, level: str, as_json: bool) -> None:
             ],
         )
     )
-    root = logging.getLogger()
-    root.handlers = [*(h for h in root.handlers if h.name != _HANDLER_NAME), handler]
-    root.setLevel(level)
+    return handler
 
 
 class _CurrentStderr:
@@ -96,50 +111,75 @@ def _keep(_: Any, __: str, event: EventDict) -> EventDict:
     return event
 
 
-class RequestContextMiddleware:
+class RequestContext(ASGIMiddleware):
     """Gives every request an id (the client's ``X-Request-ID`` if it is sane, else a new one), binds it to
     every log line of the request, returns it in the response and logs one access line.
 
-    It wraps the application's whole ASGI handler rather than sitting in Litestar's middleware list, because
-    responses made by the app-level exception handlers (401 from authentication, 429 from the rate limiter,
-    404 for unknown paths) never pass through route middleware.
+    No single Litestar hook sees a whole request, so two share the work. As the first of the app's
+    middleware, it begins the context before rate limiting and authentication run, so their lines carry
+    the id; but route middleware runs only for requests that match a route, and answers made by the
+    app-level exception handler (401 and 429 raised by middleware, 404, 405) or by the CORS middleware never
+    pass through it. ``before_send``, one of the app's ``before_send`` hooks, sees every response: it puts the
+    id on it, and ends the context with its last message. A request that matched no route (a 404, a 405, a
+    CORS preflight) begins its context there, with its response.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self) -> None:
         # Bound now, after configure_logging: the lazy proxy get_logger returns resolves itself on every
         # call, ~10% of the line's cost.
         self.log = structlog.get_logger("app.access").bind()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        _begin(scope)
+        await next_app(scope, receive, send)
+
+    async def before_send(self, message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start":
+            context = _begin(scope)
+            context.status = message["status"]
+            message["headers"] = [
+                *message.get("headers", ()),
+                (_REQUEST_ID_NAME, context.request_id.encode()),
+            ]
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._end(scope)
+
+    def _end(self, scope: Scope) -> None:
+        context: _Context | None = scope["state"].pop(_CONTEXT_KEY, None)
+        if context is None:
             return
+        self.log.info(
+            "request",
+            method=scope.get("method"),
+            path=scope["path"],
+            status=context.status,
+            duration_ms=round((time.perf_counter() - context.started) * 1000, 2),
+        )
+        structlog.contextvars.reset_contextvars(**context.bound)
+
+
+@dataclass(slots=True)
+class _Context:
+    """A request's context, kept in its scope's state from its beginning to its response's last message."""
+
+    request_id: str
+    started: float
+    bound: Mapping[str, Token[Any]]
+    status: int = 500
+
+
+def _begin(scope: Scope) -> _Context:
+    """The request's context, begun now if it had not begun yet."""
+    state = scope["state"]
+    context: _Context | None = state.get(_CONTEXT_KEY)
+    if context is None:
         request_id = _incoming_request_id(scope) or _new_request_id()
-        header = (_REQUEST_ID_NAME, request_id.encode())
-        status = 500
-        started = time.perf_counter()
-
-        async def send_with_request_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
         # bind and reset rather than bound_contextvars(): its generator-based context manager cost ~2%.
         bound = structlog.contextvars.bind_contextvars(request_id=request_id)
-        try:
-            await self.app(scope, receive, send_with_request_id)
-        finally:
-            self.log.info(
-                "request",
-                method=scope.get("method"),
-                path=scope["path"],
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
-            structlog.contextvars.reset_contextvars(**bound)
+        context = state[_CONTEXT_KEY] = _Context(request_id, time.perf_counter(), bound)
+    return context
 
 
 def current_request_id() -> str | None:
