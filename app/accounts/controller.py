@@ -38,15 +38,15 @@ class AccountController(Controller):
         summary="Create an account",
         responses=problem_responses(400, 409, 413, 422, 429),
         operation_class=RateLimitedOperation,
+        return_dto=UserRead,
     )
     async def register(
         self,
         data: JSONBody[Registration],
         users: NamedDependency[UserService],
         hasher: NamedDependency[PasswordHasher],
-    ) -> UserRead:
-        user = await users.register(data.email, data.password, hasher)
-        return users.to_schema(user, schema_type=UserRead)
+    ) -> User:
+        return await users.register(data.email, data.password, hasher)
 
     @post(
         TOKEN_URL,
@@ -115,14 +115,15 @@ class AccountController(Controller):
         security=BEARER_REQUIRED,
         responses=problem_responses(401, 429),
         operation_class=RateLimitedOperation,
+        return_dto=UserRead,
     )
     async def me(
         self, request: Request[Principal, SessionToken, Any], users: NamedDependency[UserService]
-    ) -> UserRead:
+    ) -> User:
         user = await users.get_one_or_none(id=request.user.user_id)
         if user is None:
             raise UnauthorizedError("The account no longer exists")
-        return users.to_schema(user, schema_type=UserRead)
+        return user
 
 
 def issue_tokens(tokens: TokenCodec, user: User, session: AuthSession) -> TokenPair:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
-from uuid import UUID
 
 import msgspec
+from advanced_alchemy.extensions.litestar import SQLAlchemyDTOConfig
 
-from app.accounts.models import Role
+from app.accounts.models import User
 from app.lib.db import STORABLE_TEXT
+from app.lib.dto import ResponseDTO
 
 Email = Annotated[
     str,
@@ -55,10 +55,9 @@ class TokenPair(msgspec.Struct):
     token_type: Literal["bearer"] = "bearer"  # noqa: S105
 
 
-class UserRead(msgspec.Struct):
-    """A user as the API shows it; the password hash never leaves the service."""
+class UserRead(ResponseDTO[User]):
+    """A user as the API shows it (``id``, ``email``, ``role``, ``created_at``), straight from the row; the
+    password hash never leaves the service."""
 
-    id: UUID
-    email: str
-    role: Role
-    created_at: datetime
+    config = SQLAlchemyDTOConfig(exclude={"password_hash", "updated_at"})
+    __schema_name__ = "UserRead"

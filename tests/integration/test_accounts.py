@@ -188,6 +188,15 @@ async def test_me_is_the_caller(client: Client) -> None:
     assert set(response.json()) == {"id", "email", "role", "created_at"}
 
 
+async def test_the_document_declares_every_field_of_a_user_present(client: Client) -> None:
+    """A user answered is always whole: no field is optional for a client (a column's default is not)."""
+    document = (await client.get("/schema/openapi.json")).json()
+    user = document["components"]["schemas"]["UserRead"]
+
+    assert sorted(user["required"]) == sorted(user["properties"]) == ["created_at", "email", "id", "role"]
+    assert all("default" not in field for field in user["properties"].values())
+
+
 @pytest.mark.parametrize("authorization", [None, "Bearer", "Bearer not-a-jwt", "Basic dXNlcjpwYXNz"])
 async def test_me_without_a_valid_token_is_401_with_a_challenge(
     client: Client, authorization: str | None
