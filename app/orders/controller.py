@@ -8,6 +8,7 @@ from uuid import UUID
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
+from litestar.dto import DTOData
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
@@ -16,6 +17,7 @@ from app.lib.errors import ForbiddenError, problem_responses
 from app.lib.openapi import RateLimitedOperation
 from app.lib.rate_limit import read_ahead_values
 from app.lib.security import SessionToken
+from app.orders.models import Order
 from app.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
 from app.orders.services import OrderReader, OrderService
 
@@ -145,18 +147,27 @@ class OrderController(Controller):
     @patch(
         "/{order_id:str}",
         summary="Move an order to another status",
-        description="PENDING → PAID → SHIPPED; PENDING or PAID → CANCELED. Other moves answer 409.",
+        description=(
+            "PENDING → PAID → SHIPPED; PENDING or PAID → CANCELED. Other moves answer 409. "
+            "An empty body changes nothing and answers the order."
+        ),
         responses=problem_responses(400, 401, 404, 409, 413, 422, 429),
         operation_class=RateLimitedOperation,
+        dto=OrderStatusUpdate,
+        return_dto=None,
     )
     async def change_status(
         self,
         request: AuthRequest,
         order_id: FromPath[UUID],
-        data: JSONBody[OrderStatusUpdate],
+        data: JSONBody[DTOData[Order]],
         orders: NamedDependency[OrderService],
+        order_reader: NamedDependency[OrderReader],
     ) -> OrderRead:
-        return await orders.change_status(request.user, order_id, data.status)
+        changes = data.as_builtins()
+        if "status" not in changes:
+            return await order_reader.read(request.user, order_id)
+        return await orders.change_status(request.user, order_id, changes["status"])
 
 
 async def _page(reader: OrderReader, user_id: UUID, limit: int, offset: int) -> Response[list[OrderRead]]:

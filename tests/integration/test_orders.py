@@ -201,24 +201,38 @@ async def test_forbidden_transitions_are_409_naming_the_current_status(
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "field"),
     [
-        {"status": "LOST"},
-        {},
-        {"status": "PAID", "total_price": "0.01"},
-        {"status": "PAID", "user_id": str(uuid4())},
+        ({"status": "LOST"}, "status"),
+        ({"status": None}, "status"),
+        ({"status": "PAID", "total_price": "0.01"}, "total_price"),
+        ({"status": "PAID", "user_id": str(uuid4())}, "user_id"),
     ],
 )
 async def test_patch_accepts_a_known_status_and_nothing_else(
-    client: Client, alice: Account, body: dict[str, Any]
+    client: Client, alice: Account, body: dict[str, Any], field: str
 ) -> None:
     order = await place_order(client, alice, "7.00")
 
     response = await client.patch(f"/orders/{order['id']}", json=body, headers=alice.headers)
 
     assert response.status_code == 422
+    assert [error["field"] for error in response.json()["errors"]] == [field]
     after = (await client.get(f"/orders/{order['id']}", headers=alice.headers)).json()
     assert after == order
+
+
+async def test_an_empty_patch_changes_nothing_and_answers_the_order(
+    client: Client, alice: Account, bob: Account
+) -> None:
+    order = await place_order(client, alice, "7.00")
+
+    response = await client.patch(f"/orders/{order['id']}", json={}, headers=alice.headers)
+    foreign = await client.patch(f"/orders/{order['id']}", json={}, headers=bob.headers)
+
+    assert response.status_code == 200
+    assert response.json() == order
+    assert foreign.status_code == 404
 
 
 async def test_patch_changes_the_status_and_nothing_else(client: Client, alice: Account) -> None:
