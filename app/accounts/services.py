@@ -54,10 +54,8 @@ class AuthSessionService(SQLAlchemyAsyncRepositoryService[AuthSession, AuthSessi
     repository_type = AuthSessionRepository
 
     async def open(self, user: User, lifetime: timedelta) -> AuthSession:
-        """Start a login session; the user's expired sessions are pruned on the way."""
-        now = datetime.now(UTC)
-        await self.repository.delete_where(AuthSession.user_id == user.id, AuthSession.expires_at < now)
-        session = AuthSession(user_id=user.id, refresh_jti=uuid4(), expires_at=now + lifetime)
+        """Start a login session. Expired ones are the retention job's (app.retention) to delete."""
+        session = AuthSession(user_id=user.id, refresh_jti=uuid4(), expires_at=datetime.now(UTC) + lifetime)
         return await self.create(session, auto_commit=True)
 
     async def rotate(

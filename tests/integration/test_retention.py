@@ -27,7 +27,16 @@ from app.lib.outbox import OutboxMessage
 from app.orders.models import IDEMPOTENCY_WINDOW, Order, OrderIdempotencyKey
 from app.retention import SESSION_GRACE, Purge, Retention, purges
 from tests.proxy import proxy_to
-from tests.support import POSTGRES_URL, ROOT, eventually, migrated_database, serving, settings_for
+from tests.support import (
+    POSTGRES_URL,
+    ROOT,
+    eventually,
+    login,
+    migrated_database,
+    serving,
+    settings_for,
+    signed_up,
+)
 
 OUTBOX_RETENTION = timedelta(hours=1)
 TABLES = ("outbox", "order_idempotency_key", "auth_session")
@@ -244,6 +253,23 @@ async def test_each_batch_finds_its_rows_through_an_index(
     assert "Seq Scan" not in plan, plan
     assert f"Index Scan using ix_{purge.table.name}_" in plan, plan
     assert "Tid Scan" in plan, plan
+
+
+async def test_a_login_leaves_its_users_expired_sessions_to_the_job(
+    pg: asyncpg.Connection, database_url: str, db: SQLAlchemyAsyncConfig
+) -> None:
+    """One deleter only: a login that pruned them too failed (500) whenever the job deleted one of them
+    between the pruning's read and its delete, which advanced-alchemy's ``delete_where`` took for an error."""
+    async with serving(settings_for(database_url)) as client:
+        account = await signed_up(client)
+        user_id = UUID(account.id)
+        await pg.execute("UPDATE auth_session SET expires_at = $1 WHERE user_id = $2", ago(HOUR), user_id)
+        await login(client, account)
+
+        expired = "SELECT count(*) FROM auth_session WHERE user_id = $1 AND expires_at < now()"
+        assert await pg.fetchval(expired, user_id) == 1
+        assert (await retention(db).purge())["auth_session"] == 1
+        assert await pg.fetchval("SELECT count(*) FROM auth_session WHERE user_id = $1", user_id) == 1
 
 
 async def test_each_api_process_runs_it_in_its_lifespan(pg: asyncpg.Connection, database_url: str) -> None:
