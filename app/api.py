@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
@@ -131,6 +132,11 @@ class Services:
             outbox=Outbox(db, publisher, settings.outbox_relay_interval_seconds),
         )
 
+    @property
+    def key_lifetime(self) -> timedelta:
+        """How long an order's ``Idempotency-Key`` holds."""
+        return timedelta(seconds=self.settings.idempotency_key_ttl_seconds)
+
     def dependencies(self) -> dict[str, Provide]:
         return {
             "settings": _singleton(self.settings),
@@ -139,7 +145,7 @@ class Services:
             "tokens": _singleton(self.tokens),
             "revoked": _singleton(self.revoked),
             "order_reader": _singleton(OrderReader(self.order_cache, self.db)),
-            "orders": _singleton(OrderService(self.db, self.order_cache, self.outbox)),
+            "orders": _singleton(OrderService(self.db, self.order_cache, self.outbox, self.key_lifetime)),
             "readiness": _singleton(ReadinessChecks(self.db, self.redis, self.amqp)),
         }
 

@@ -56,6 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     consumer_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9101
     outbox_relay_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     outbox_retention_seconds: PositiveInt = 24 * 3600
+    idempotency_key_ttl_seconds: PositiveInt = 24 * 3600
     retention_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     celery_broker_url: str = ""
     celery_queue: str = "orders.process_order"

@@ -47,7 +47,7 @@ from app.config import Settings
 from app.lib.db import autocommit_engine
 from app.lib.metrics import metric
 from app.lib.outbox import OutboxMessage
-from app.orders.models import IDEMPOTENCY_WINDOW, OrderIdempotencyKey
+from app.orders.models import OrderIdempotencyKey
 
 log = structlog.get_logger(__name__)
 
@@ -87,11 +87,11 @@ class Purge:
         return select(*columns).where(self.column < now - self.kept_for).order_by(self.column).limit(size)
 
 
-def purges(outbox_retention: timedelta) -> list[Purge]:
+def purges(outbox_retention: timedelta, idempotency_key_lifetime: timedelta) -> list[Purge]:
     """The service's retention rules."""
     return [
         Purge(OutboxMessage.sent_at, outbox_retention),
-        Purge(OrderIdempotencyKey.created_at, IDEMPOTENCY_WINDOW),
+        Purge(OrderIdempotencyKey.created_at, idempotency_key_lifetime),
         Purge(AuthSession.expires_at, SESSION_GRACE),
     ]
 
@@ -114,7 +114,10 @@ class Retention:
 
     @classmethod
     def from_settings(cls, db: SQLAlchemyAsyncConfig, settings: Settings) -> Retention:
-        rules = purges(outbox_retention=timedelta(seconds=settings.outbox_retention_seconds))
+        rules = purges(
+            outbox_retention=timedelta(seconds=settings.outbox_retention_seconds),
+            idempotency_key_lifetime=timedelta(seconds=settings.idempotency_key_ttl_seconds),
+        )
         return cls(db, rules, settings.retention_interval_seconds)
 
     async def purge_once(self) -> dict[str, int]:

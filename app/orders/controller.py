@@ -28,7 +28,8 @@ IdempotencyKey = Annotated[
         name="Idempotency-Key",
         min_length=1,
         max_length=255,
-        description="Makes retries safe: the same key from the same user within 24 h returns its order.",
+        description="Makes retries safe: the same key from the same user within the deployment's key "
+        "lifetime (24 h by default) returns its order.",
     ),
 ]
 Limit = Annotated[int, QueryParameter(ge=1, le=100, description="Page size (at most 100).")]

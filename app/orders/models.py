@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -12,8 +12,6 @@ from sqlalchemy import Enum, ForeignKey, Index, Numeric, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.accounts.models import User
-
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
 class OrderStatus(enum.StrEnum):
@@ -50,7 +48,8 @@ class Order(UUIDv7AuditBase):
 
 
 class OrderIdempotencyKey(DefaultBase):
-    """The first order a user created with an ``Idempotency-Key``, and a fingerprint of its request."""
+    """The first order a user created with an ``Idempotency-Key``, and a fingerprint of its request; it
+    holds for ``IDEMPOTENCY_KEY_TTL_SECONDS`` after ``created_at``."""
 
     __tablename__ = "order_idempotency_key"
     __table_args__ = (Index("ix_order_idempotency_key_created", "created_at"),)  # retention's
@@ -60,6 +59,3 @@ class OrderIdempotencyKey(DefaultBase):
     fingerprint: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[UUID] = mapped_column(GUID, ForeignKey("orders.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True))
-
-    def is_live(self, now: datetime | None = None) -> bool:
-        return self.created_at > (now or datetime.now(UTC)) - IDEMPOTENCY_WINDOW

@@ -10,7 +10,7 @@ caches their compiled form.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 from uuid import UUID
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.lib.db import connection_lost
 from app.lib.outbox import Event, OutboxMessage
-from app.orders.models import IDEMPOTENCY_WINDOW, Order, OrderIdempotencyKey, OrderStatus
+from app.orders.models import Order, OrderIdempotencyKey, OrderStatus
 from app.orders.schemas import OrderItem, OrderRead
 from app.orders.status import sources_of
 
@@ -48,10 +48,12 @@ _NATIVE = (datetime, UUID, Decimal)  # kept as they are when an order becomes co
 
 
 class IdempotencyClaim(NamedTuple):
-    """An ``Idempotency-Key`` to record with a new order, and the fingerprint of the request's body."""
+    """An ``Idempotency-Key`` to record with a new order, the fingerprint of the request's body, and how
+    long the key holds."""
 
     key: str
     fingerprint: str
+    lifetime: timedelta
 
 
 class ChangedOrder(NamedTuple):
@@ -140,7 +142,7 @@ def _place_values(order: OrderRead, event: Event, claim: IdempotencyClaim | None
             key_key=claim.key,
             key_fingerprint=claim.fingerprint,
             key_created_at=order.created_at,
-            expired_before=order.created_at - IDEMPOTENCY_WINDOW,
+            expired_before=order.created_at - claim.lifetime,
         )
     return values
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
@@ -38,10 +38,17 @@ class OrderService:
     create's request handling (py-spy, bench/profile.py).
     """
 
-    def __init__(self, db: SQLAlchemyAsyncConfig, cache: OrderCache, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        db: SQLAlchemyAsyncConfig,
+        cache: OrderCache,
+        outbox: Outbox,
+        idempotency_key_lifetime: timedelta,
+    ) -> None:
         self.db = db
         self.cache = cache
         self.outbox = outbox
+        self.idempotency_key_lifetime = idempotency_key_lifetime
 
     @asynccontextmanager
     async def _orders(self) -> AsyncIterator[OrderRepository]:
@@ -56,7 +63,8 @@ class OrderService:
     ) -> tuple[OrderRead, bool]:
         """Create the order with its ``new_order`` event (one statement), then publish the event.
 
-        For a key already used in the last 24 h, create nothing and return that key's order (and True).
+        For a key used within its lifetime (IDEMPOTENCY_KEY_TTL_SECONDS), create nothing and return that
+        key's order (and True).
         """
         now = datetime.now(UTC)
         order = OrderRead(
@@ -70,7 +78,11 @@ class OrderService:
             processed_at=None,
         )
         event = new_order_message(order, current_request_id())
-        claim = IdempotencyClaim(idempotency_key, data.fingerprint()) if idempotency_key else None
+        claim = (
+            IdempotencyClaim(idempotency_key, data.fingerprint(), self.idempotency_key_lifetime)
+            if idempotency_key
+            else None
+        )
         async with self._orders() as orders:
             if not await orders.place(order, event, claim):
                 assert claim is not None  # only a key already taken refuses an order

@@ -11,7 +11,7 @@ import pytest
 from httpx import AsyncClient
 
 from app.config import Settings
-from tests.support import Account, login, order_body, place_order, register, signed_up
+from tests.support import Account, login, order_body, place_order, register, same_stores, serving, signed_up
 
 Client = AsyncClient
 
@@ -439,3 +439,19 @@ async def test_concurrent_retries_after_24_hours_create_one_new_order(
     assert len({response.json()["id"] for response in answers}) == 1
     assert answers[0].json()["id"] != first["id"]
     assert (await client.get("/orders", headers=alice.headers)).headers["x-total-count"] == "2"
+
+
+async def test_a_key_lives_as_long_as_the_deployment_says(settings: Settings) -> None:
+    """IDEMPOTENCY_KEY_TTL_SECONDS: within it a retry returns the order, past it the key starts anew."""
+    async with serving(same_stores(settings, idempotency_key_ttl_seconds=2)) as client:
+        account = await signed_up(client)
+        headers = {**account.headers, "Idempotency-Key": "short-lived"}
+        first = await client.post("/orders", json=order_body("5.00"), headers=headers)
+        replayed = await client.post("/orders", json=order_body("5.00"), headers=headers)
+        await asyncio.sleep(2.1)
+        again = await client.post("/orders", json=order_body("5.00"), headers=headers)
+
+    assert replayed.json()["id"] == first.json()["id"]
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert again.status_code == 201
+    assert again.json()["id"] != first.json()["id"]

@@ -22,9 +22,10 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from app.accounts.models import AuthSession, User
+from app.config import Settings
 from app.lib.db import autocommit_engine, sqlalchemy_config
 from app.lib.outbox import OutboxMessage
-from app.orders.models import IDEMPOTENCY_WINDOW, Order, OrderIdempotencyKey
+from app.orders.models import Order, OrderIdempotencyKey
 from app.retention import SESSION_GRACE, Purge, Retention, purges
 from tests.proxy import proxy_to
 from tests.support import (
@@ -39,6 +40,7 @@ from tests.support import (
 )
 
 OUTBOX_RETENTION = timedelta(hours=1)
+IDEMPOTENCY_WINDOW = timedelta(seconds=Settings().idempotency_key_ttl_seconds)  # the default
 TABLES = ("outbox", "order_idempotency_key", "auth_session")
 HOUR = timedelta(hours=1)
 
@@ -142,7 +144,7 @@ def since(before: dict[str, float]) -> dict[str, float]:
 
 
 def retention(db: SQLAlchemyAsyncConfig, batch: int = Retention.BATCH, interval: float = 60.0) -> Retention:
-    return Retention(db, purges(OUTBOX_RETENTION), interval, batch)
+    return Retention(db, purges(OUTBOX_RETENTION, IDEMPOTENCY_WINDOW), interval, batch)
 
 
 async def test_rows_past_retention_go_and_every_other_row_stays(
@@ -231,7 +233,9 @@ async def test_rows_another_transaction_holds_are_skipped_not_waited_for(
     assert (await retention(db).purge_once())["outbox"] == 2  # once released
 
 
-@pytest.mark.parametrize("purge", purges(OUTBOX_RETENTION), ids=lambda purge: purge.table.name)
+@pytest.mark.parametrize(
+    "purge", purges(OUTBOX_RETENTION, IDEMPOTENCY_WINDOW), ids=lambda purge: purge.table.name
+)
 async def test_each_batch_finds_its_rows_through_an_index(
     purge: Purge, pg: asyncpg.Connection, db: SQLAlchemyAsyncConfig
 ) -> None:
