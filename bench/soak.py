@@ -6,9 +6,10 @@ with retention periods short enough that the tables it prunes must level off wit
 Load: ``--rate`` orders a second through the HTTP API, each with an Idempotency-Key of its own, by 20
 regular users who refresh their tokens every 20 s and log out and in again every minute; besides them a
 one-off visitor every two seconds registers, logs in and leaves, so sessions expire that no later login of
-their user prunes. Settings: published events kept 60 s, refresh tokens valid 120 s, the retention job every
-10 s. Every minute it samples the rows of outbox, order_idempotency_key and auth_session, the outbox's size on
-disk and each API worker's resident memory; the table goes between the soak markers of bench/RESULTS.md.
+their user prunes. Settings: published events kept 60 s, refresh tokens and Idempotency-Keys valid 120 s,
+the retention job every 10 s. Every minute it samples the rows of outbox, order_idempotency_key and
+auth_session, the outbox's size on disk and each API worker's resident memory; the table goes between the
+soak markers of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ SETTINGS = {
     "OUTBOX_RETENTION_SECONDS": "60",
     "ACCESS_TOKEN_TTL_SECONDS": "60",
     "REFRESH_TOKEN_TTL_SECONDS": "120",
+    "IDEMPOTENCY_KEY_TTL_SECONDS": "120",
     "RETENTION_INTERVAL_SECONDS": "10",
 }
 REGULAR_USERS = 20
