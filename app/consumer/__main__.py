@@ -3,14 +3,14 @@
 Each event is validated on arrival: one that is not an event goes to the dead-letter queue at once, alone.
 Valid ones gather into a batch, sent as one ``PROCESS_ORDERS`` task (app.orders.processing; the worker runs
 it) once it holds ``CONSUMER_BATCH_SIZE`` events or ``CONSUMER_BATCH_WAIT_MS`` after its first arrived,
-whichever comes first, through a producer-only Celery app (``celery_app``, app.lib.broker: the worker's app
-and tasks are not loaded here). Its events are acknowledged only after the Celery broker confirmed the
+whichever comes first, through a producer-only Celery app (``celery_app``, app.lib.task_queue: the worker's
+app and tasks are not loaded here). Its events are acknowledged only after the Celery broker confirmed the
 task. A task that can't be sent keeps its events in hand and is sent again with backoff until the Celery
-broker takes it: the failure is the broker's, not the events', so it must not spend the deliveries after
-which the queue dead-letters a message. The task is idempotent, so an event delivered twice (in one batch
-or two) has one effect. SIGTERM stops the consumption, sends the batch being filled, lets the batches in
-hand finish (a dispatch being retried ends with the attempt under way) and hands every event not
-dispatched back to the broker.
+broker takes it: the failure is the broker's, not the events', so it must not spend the deliveries after which
+the queue dead-letters a message. The task is idempotent, so an event delivered twice (in one batch or two)
+has one effect. SIGTERM stops the consumption, sends the batch being filled, lets the batches in hand finish
+(a dispatch being retried ends with the attempt under way) and hands every event not dispatched back to the
+broker.
 
 Batches are made here rather than by celery-batches, which gathers one-order tasks inside the worker: the
 cost was per Celery message (the consumer's send and confirm, RabbitMQ's persistent hop through a quorum
@@ -41,9 +41,10 @@ from prometheus_client.process_collector import ProcessCollector
 from uuid_utils.compat import uuid7
 
 from app.config import Settings
-from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, celery_app, close, connect
+from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, close, connect
 from app.lib.logging import configure_logging
 from app.lib.metrics import metric
+from app.lib.task_queue import celery_app
 from app.orders.events import NEW_ORDER, decode_new_order
 from app.orders.processing import PROCESS_ORDERS, OrderToProcess
 

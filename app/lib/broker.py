@@ -1,5 +1,4 @@
-"""RabbitMQ: the events' topology that both sides declare and the API's publisher (aio-pika), and the Celery
-app through which the consumer sends tasks to the worker.
+"""RabbitMQ: the events' topology that both sides declare, and the API's publisher (aio-pika).
 
 aio-pika's defaults lose messages; here exchanges and queues are durable, messages persistent and
 published with confirms and ``mandatory`` routing, queues are quorum queues with a dead-letter exchange
@@ -24,10 +23,6 @@ from aio_pika.abc import (
 )
 from aio_pika.connection import make_url
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
-from celery import Celery
-from kombu import Queue
-
-from app.config import Settings
 
 if TYPE_CHECKING:  # the outbox imports this module to build its publisher
     from app.lib.outbox import Event
@@ -288,29 +283,3 @@ def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
         timestamp=message.timestamp,
         headers=headers,
     )
-
-
-def celery_app(settings: Settings) -> Celery:
-    """The Celery app of the task queue as a producer sees it: the consumer sends tasks with it, and the
-    worker (app.worker.tasks) adds its own options to it, so that both name the same broker and queue.
-
-    A task is published with RabbitMQ's confirm (the producer blocks until then) and a refused publish is
-    retried before the send fails; the queue is durable.
-    """
-    celery = Celery("orders", broker=settings.celery_broker)
-    celery.conf.update(
-        task_default_queue=settings.celery_queue,
-        task_queues=[Queue(settings.celery_queue, durable=True)],
-        task_serializer="json",
-        broker_transport_options={"confirm_publish": True},
-        task_publish_retry=True,
-        task_publish_retry_policy={
-            "max_retries": 5,
-            "interval_start": 0.2,
-            "interval_step": 0.5,
-            "interval_max": 3,
-        },
-        enable_utc=True,
-        timezone="UTC",
-    )
-    return celery

@@ -19,11 +19,11 @@ from celery.signals import setup_logging
 from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
-from app.lib.broker import celery_app
 from app.lib.db import UNAVAILABLE_ERRORS, sqlalchemy_config
 from app.lib.logging import configure_logging
 from app.lib.redis import create_redis
 from app.lib.stores import AtomicStore, create_stores
+from app.lib.task_queue import celery_app
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
 from app.orders.processing import PROCESS_ORDER, PROCESS_ORDERS, OrderToProcess, process_orders
 

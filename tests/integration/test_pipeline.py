@@ -21,9 +21,10 @@ from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
-from app.lib.broker import DELIVERY_LIMIT, AmqpPublisher, Topology, celery_app
+from app.lib.broker import DELIVERY_LIMIT, AmqpPublisher, Topology
 from app.lib.db import sqlalchemy_config
 from app.lib.outbox import Outbox
+from app.lib.task_queue import celery_app
 from app.orders.events import NEW_ORDER
 from app.orders.processing import PROCESS_ORDER, PROCESS_ORDERS
 from app.orders.schemas import OrderCreate

@@ -24,7 +24,7 @@ PRODUCTION = {
 CONSUMER = """
 from app.config import Settings
 from app.consumer.__main__ import Consumer
-from app.lib.broker import celery_app
+from app.lib.task_queue import celery_app
 celery_app(Settings.from_env()).producer_pool
 """
 WORKER = """
@@ -73,3 +73,12 @@ def test_a_role_loads_no_other_role(code: str, roles: tuple[str, ...]) -> None:
     loaded = modules_loaded_by(code)
     assert "app.orders.processing" in loaded  # the shared task contract: the check sees the role's imports
     assert other_roles(loaded, *roles) == []
+
+
+def test_the_api_loads_neither_the_pipeline_roles_nor_the_task_queue() -> None:
+    """The API sends no task: Celery (the task queue's module) would cost each granian worker memory."""
+    loaded = modules_loaded_by("import sys, app.asgi\nassert 'celery' not in sys.modules, 'Celery loaded'")
+    assert "app.api" in loaded
+    assert [
+        name for name in loaded if name.startswith(("app.worker", "app.consumer", "app.lib.task_queue"))
+    ] == []

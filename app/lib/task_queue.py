@@ -1,0 +1,38 @@
+"""The Celery task queue between the consumer and the worker, as both configure it.
+
+Apart from app.lib.broker, which the API imports: the API sends no task, and Celery costs a process ~70 ms
+to import and ~4.5 MB of memory.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from app.config import Settings
+
+
+def celery_app(settings: Settings) -> Celery:
+    """The Celery app of the task queue as a producer sees it: the consumer sends tasks with it, and the
+    worker (app.worker.tasks) adds its own options to it, so that both name the same broker and queue.
+
+    A task is published with RabbitMQ's confirm (the producer blocks until then) and a refused publish is
+    retried before the send fails; the queue is durable.
+    """
+    celery = Celery("orders", broker=settings.celery_broker)
+    celery.conf.update(
+        task_default_queue=settings.celery_queue,
+        task_queues=[Queue(settings.celery_queue, durable=True)],
+        task_serializer="json",
+        broker_transport_options={"confirm_publish": True},
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 5,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 3,
+        },
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return celery
