@@ -41,6 +41,17 @@ async def _admin(statement: str) -> None:
         await connection.close()
 
 
+def migrate(database_url: str) -> None:
+    """Migrate the database with plain `alembic upgrade head`, as `just migrate` does."""
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+    )
+
+
 @contextmanager
 def migrated_database() -> Iterator[str]:
     """A new database migrated with plain `alembic upgrade head`, dropped when the block ends."""
@@ -48,13 +59,7 @@ def migrated_database() -> Iterator[str]:
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     url = POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
     try:
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": url},
-            check=True,
-            capture_output=True,
-        )
+        migrate(url)
         yield url
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

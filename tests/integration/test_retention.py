@@ -4,9 +4,6 @@ batches, shared by processes running it at once, and counted."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,9 +27,9 @@ from app.retention import SESSION_GRACE, Purge, Retention, purges
 from tests.proxy import proxy_to
 from tests.support import (
     POSTGRES_URL,
-    ROOT,
     eventually,
     login,
+    migrate,
     migrated_database,
     serving,
     settings_for,
@@ -319,13 +316,7 @@ def failures(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, A
 
 async def test_it_runs_on_the_embedded_default(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
-        check=True,
-        capture_output=True,
-    )
+    migrate(url)
     db = sqlalchemy_config(url)
     user, old, recent = uuid4(), ago(IDEMPOTENCY_WINDOW + HOUR), ago(HOUR / 2)
     try:
