@@ -149,8 +149,6 @@ def _message(error: dict[str, Any]) -> str:
 
 
 def _from_repository_error(exc: repository_errors.RepositoryError) -> ProblemDetailsException:
-    if (dependency := _unavailable_dependency(exc)) is not None:
-        return _unavailable(exc, dependency)
     if isinstance(exc, repository_errors.NotFoundError):
         return problem(HTTPStatus.NOT_FOUND, "No such resource")
     if violates_constraint(exc):
