@@ -66,3 +66,7 @@ lint:
 fmt:
     uv run ruff format app tests db bench
     uv run ruff check --fix app tests db bench
+
+# Fetch the API docs' bundles (Swagger UI, Redoc, Scalar) at the versions pinned in app/lib/docs.py.
+docs-assets:
+    uv run python -m app.lib.docs_refresh

@@ -17,7 +17,6 @@ from litestar import Litestar, Request, get
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import RedocRenderPlugin, ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components
 from litestar.response import Redirect
 
@@ -29,6 +28,7 @@ from app.config import Settings, SettingsError
 from app.lib.broker import AmqpPublisher
 from app.lib.cors import CORSRefusals
 from app.lib.db import sqlalchemy_config
+from app.lib.docs import assets_router, render_plugins
 from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController, ReadinessChecks
 from app.lib.logging import REQUEST_ID_HEADER, RequestContext, configure_logging
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     request_context = RequestContext()
     cors = _cors(settings)
     return Litestar(
-        route_handlers=[AccountController, OrderController, HealthController, docs],
+        route_handlers=[AccountController, OrderController, HealthController, docs, assets_router()],
         dependencies=services.dependencies(),
         plugins=_plugins(services),
         middleware=_middleware(services, request_context),
@@ -254,7 +254,7 @@ def _openapi(security_components: Components) -> OpenAPIConfig:
         title="orders",
         version="0.1.0",
         description="Order service API. Log in at `/token`, then send `Authorization: Bearer <token>`.",
-        render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin(), ScalarRenderPlugin()],
+        render_plugins=render_plugins(),
     )
 
 

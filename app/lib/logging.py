@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -157,7 +158,10 @@ class RequestContext(ASGIMiddleware):
             status=context.status,
             duration_ms=round((time.perf_counter() - context.started) * 1000, 2),
         )
-        structlog.contextvars.reset_contextvars(**context.bound)
+        # A streamed body (a file's) sends its last message from a task of its own, in a copy of the request's
+        # context that the tokens don't belong to; that copy ends with the task, so nothing is left bound.
+        with contextlib.suppress(ValueError):
+            structlog.contextvars.reset_contextvars(**context.bound)
 
 
 @dataclass(slots=True)
