@@ -8,8 +8,7 @@ from uuid import UUID
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
-from litestar.dto import DTOData
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from app.accounts.auth import BEARER_REQUIRED, Principal
@@ -17,8 +16,7 @@ from app.lib.errors import ForbiddenError, problem_responses
 from app.lib.openapi import RateLimitedOperation
 from app.lib.rate_limit import read_ahead_values
 from app.lib.security import SessionToken
-from app.orders.models import Order
-from app.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
+from app.orders.schemas import OrderCreateBody, OrderRead, OrderStatusUpdate, StatusChangeBody
 from app.orders.services import OrderReader, OrderService
 
 AuthRequest = Request[Principal, SessionToken, Any]
@@ -83,7 +81,7 @@ class OrderController(Controller):
     async def place(
         self,
         request: AuthRequest,
-        data: JSONBody[OrderCreate],
+        data: OrderCreateBody,
         orders: NamedDependency[OrderService],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[OrderRead]:
@@ -161,7 +159,7 @@ class OrderController(Controller):
         self,
         request: AuthRequest,
         order_id: FromPath[UUID],
-        data: JSONBody[DTOData[Order]],
+        data: StatusChangeBody,
         orders: NamedDependency[OrderService],
         order_reader: NamedDependency[OrderReader],
     ) -> OrderRead:

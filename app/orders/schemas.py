@@ -10,6 +10,9 @@ from uuid import UUID
 
 import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyDTOConfig
+from litestar.dto import DTOData
+from litestar.openapi.spec import Example
+from litestar.params import Body
 
 from app.lib.db import STORABLE_TEXT
 from app.lib.dto import BodyDTO
@@ -73,12 +76,35 @@ class OrderCreate(msgspec.Struct, forbid_unknown_fields=True):
         return hashlib.sha256(msgspec.json.encode(self.items)).hexdigest()
 
 
+OrderCreateBody = Annotated[
+    OrderCreate,
+    # A whole body, so that "Try it out" sends one that succeeds: the fields' own examples don't add up.
+    Body(
+        examples=[
+            Example(
+                summary="Two bags of espresso beans",
+                value={
+                    "items": [{"name": "Espresso beans, 1 kg", "quantity": 2, "price": "12.50"}],
+                    "total_price": "25.00",
+                },
+            )
+        ]
+    ),
+]
+
+
 class OrderStatusUpdate(BodyDTO[Order]):
     """What a client may change in an order (``PATCH``): the columns ``include`` names, each optional (an
     empty body changes nothing), and no other field."""
 
     config = SQLAlchemyDTOConfig(include={"status"}, partial=True, forbid_unknown_fields=True)
     __schema_name__ = "OrderStatusUpdate"
+
+
+# A new order is PENDING, which can become PAID: the first status (PENDING itself) would be a 409.
+StatusChangeBody = Annotated[
+    DTOData[Order], Body(examples=[Example(summary="Pay for the order", value={"status": "PAID"})])
+]
 
 
 class OrderRead(msgspec.Struct):
