@@ -231,12 +231,13 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def chromium_or_skip() -> None:
+@pytest.fixture(scope="session")
+def chromium_installed() -> None:
     """Skip on a machine without Chromium, saying how to install it; in CI, where it must be, fail."""
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if not missing:
         return
-    reason = f"no {' nor '.join(missing)}: install them with `{INSTALL}`"
+    reason = f"no {' nor '.join(missing)}: install Chromium and its driver with `{INSTALL}`"
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must run the browser tests, but there is {reason}")
     pytest.skip(reason)
@@ -256,8 +257,10 @@ def chromium(profile: Path) -> webdriver.Chrome:
 
 
 @pytest.fixture
-def browser(request: pytest.FixtureRequest, docs_server: DocsServer, tmp_path: Path) -> Iterator[Browser]:
-    chromium_or_skip()
+def browser(
+    request: pytest.FixtureRequest, chromium_installed: None, docs_server: DocsServer, tmp_path: Path
+) -> Iterator[Browser]:
+    """Chromium on the service, closed at the end; a failing test's artifacts are saved first (see below)."""
     driver = chromium(tmp_path / "profile")
     opened = Browser(driver, docs_server.base_url, tmp_path / "browser-artifacts")
     request.node.stash[BROWSER] = opened
