@@ -82,6 +82,20 @@ def test_production_with_everything_explicit_starts() -> None:
     assert settings.log_as_json
 
 
+def test_rate_limits_are_strict_in_production_and_roomy_in_development_unless_set() -> None:
+    production, development = Settings.from_env(PRODUCTION), Settings.from_env({})
+    assert (production.rate_limit, production.auth_rate_limit) == (
+        RateLimit(requests=100, unit="minute"),
+        RateLimit(requests=10, unit="minute"),
+    )
+    assert (development.rate_limit, development.auth_rate_limit) == (
+        RateLimit(requests=1000, unit="minute"),
+        RateLimit(requests=100, unit="minute"),
+    )
+    chosen = Settings.from_env({"AUTH_RATE_LIMIT": "5/minute"})
+    assert chosen.auth_rate_limit == RateLimit(requests=5, unit="minute")
+
+
 @pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL", "AMQP_URL", "JWT_SECRET"])
 def test_production_refuses_to_run_on_a_default(missing: str) -> None:
     environ = {key: value for key, value in PRODUCTION.items() if key != missing}
