@@ -17,9 +17,10 @@ install:
 migrate:
     uv run alembic upgrade head
 
-# Migrate, then serve the API with auto-reload on http://127.0.0.1:${PORT:-8000}.
-dev: migrate
-    uv run granian --interface asgi --reload --reload-paths app --host 127.0.0.1 --port ${PORT:-8000} app.asgi:app
+# Migrate, then serve the API with auto-reload on http://127.0.0.1:${PORT:-8000}: one interpreter imports the
+# libraries once for the migration and every reload (app/dev.py).
+dev:
+    uv run python -m app.dev
 
 # Serve the API in production mode: granian, $WORKERS workers on $PORT, graceful shutdown.
 serve:

@@ -178,6 +178,51 @@ def test_migrations_in_production_refuse_the_defaults_as_the_service_does(tmp_pa
     assert not (tmp_path / "orders.db").exists()
 
 
+def dev_server(database: Path, port: int) -> subprocess.Popen[str]:
+    """`just dev`: ``python -m app.dev`` on the embedded default, its SQLite file at ``database``."""
+    return subprocess.Popen(
+        [BIN / "python", "-m", "app.dev"],
+        cwd=ROOT,
+        env=clean_env(DATABASE_URL=f"sqlite+aiosqlite:///{database}", PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its granian worker too is stopped with the group
+    )
+
+
+def test_just_dev_migrates_the_embedded_default_then_serves_it(tmp_path: Path) -> None:
+    port = free_port()
+    server = dev_server(tmp_path / "orders.db", port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            deadline = time.monotonic() + 60
+            while server.poll() is None and time.monotonic() < deadline:
+                try:
+                    if http.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            registered = http.post("/register", json={"email": new_email(), "password": PASSWORD})
+        assert registered.status_code == 201, registered.text  # the schema is there: the migration ran
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_just_dev_serves_nothing_when_the_migration_fails(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "orders.db") as database:
+        database.execute("CREATE TABLE outbox (id INTEGER)")  # the last migration will fail on it
+
+    server = dev_server(tmp_path / "orders.db", free_port())
+    _, errors = server.communicate(timeout=60)
+
+    assert server.returncode != 0
+    assert "the migration failed" in errors
+    assert "Starting granian" not in errors
+
+
 @contextmanager
 def production_api(database_url: str, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`just serve`: ``python -m app.serve`` (granian, two workers) with production settings."""

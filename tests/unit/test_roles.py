@@ -34,7 +34,7 @@ celery.loader.import_default_modules()
 celery.finalize()
 assert "orders.process_orders" in celery.tasks
 """
-WEB = ("app.asgi", "app.api", "app.serve")
+WEB = ("app.asgi", "app.api", "app.serve", "app.dev")
 
 
 def modules_loaded_by(code: str) -> list[str]:
