@@ -16,12 +16,13 @@ from app.accounts.models import AuthSession, User
 from app.accounts.revocations import RevokedSessions
 from app.accounts.schemas import PasswordGrant, RefreshRequest, Registration, TokenPair, UserRead
 from app.accounts.services import AuthSessionService, UserService
-from app.lib.errors import UnauthorizedError, problem_responses
+from app.lib.errors import OAUTH2_ERRORS, UnauthorizedError, problem_responses
 from app.lib.openapi import RateLimitedOperation
 from app.lib.rate_limit import AUTH_RATE_LIMITED
 from app.lib.security import PasswordHasher, SessionToken, TokenCodec
 
 PUBLIC = {"exclude_from_auth": True, AUTH_RATE_LIMITED: True}
+TOKEN_ENDPOINT = {**PUBLIC, OAUTH2_ERRORS: True}
 
 
 class AccountController(Controller):
@@ -50,10 +51,10 @@ class AccountController(Controller):
 
     @post(
         TOKEN_URL,
-        opt=PUBLIC,
+        opt=TOKEN_ENDPOINT,
         status_code=HTTP_200_OK,
         summary="Log in (OAuth2 password grant)",
-        responses=problem_responses(400, 401, 413, 422, 429),
+        responses=problem_responses(400, 401, 413, 422, 429, oauth2=True),
         operation_class=RateLimitedOperation,
     )
     async def login(
@@ -70,11 +71,11 @@ class AccountController(Controller):
 
     @post(
         f"{TOKEN_URL}/refresh",
-        opt=PUBLIC,
+        opt=TOKEN_ENDPOINT,
         status_code=HTTP_200_OK,
         summary="Exchange a refresh token for a new token pair",
         description="Refresh tokens are single use: presenting an already exchanged one ends the session.",
-        responses=problem_responses(400, 401, 413, 422, 429),
+        responses=problem_responses(400, 401, 413, 422, 429, oauth2=True),
         operation_class=RateLimitedOperation,
     )
     async def refresh(

@@ -10,17 +10,22 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyDTOConfig
 from app.accounts.models import User
 from app.lib.db import STORABLE_TEXT
 from app.lib.dto import ResponseDTO
+from app.lib.errors import plain_pattern
 
+EXAMPLE_EMAIL = "ada@example.com"
 Email = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$",
+        pattern=plain_pattern(
+            r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$", f"must be an email address, like {EXAMPLE_EMAIL}"
+        ),
         max_length=254,
         description="An email address; stored and compared in lower case.",
-        examples=["ada@example.com"],
+        examples=[EXAMPLE_EMAIL],
     ),
 ]
-Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128, examples=["correct horse battery"])]
+EXAMPLE_PASSWORD = "correct horse battery"  # noqa: S105 - the README's walkthrough account
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128, examples=[EXAMPLE_PASSWORD])]
 
 
 class Registration(msgspec.Struct, forbid_unknown_fields=True):
@@ -32,15 +37,24 @@ class PasswordGrant(msgspec.Struct):
     """The OAuth2 password grant form. Other OAuth2 fields (client_id, ...) are accepted and ignored.
 
     An empty ``grant_type`` counts as absent, as the seed services' FastAPI form did: their clients send
-    ``grant_type=&username=...`` (FastAPI's own documented example).
+    ``grant_type=&username=...`` (FastAPI's own documented example). The examples fill Swagger UI's form.
     """
 
     username: Annotated[
         str,
-        msgspec.Meta(min_length=1, max_length=254, pattern=STORABLE_TEXT, description="The account's email."),
+        msgspec.Meta(
+            min_length=1,
+            max_length=254,
+            pattern=STORABLE_TEXT,
+            description="The account's email.",
+            examples=[EXAMPLE_EMAIL],
+        ),
     ]
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    grant_type: Literal["password", ""] | None = None
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=128, examples=[EXAMPLE_PASSWORD])]
+    grant_type: Annotated[
+        Literal["password", ""],
+        msgspec.Meta(description="`password`; empty or left out means the same.", examples=["password"]),
+    ] = "password"
     scope: str = ""
 
 

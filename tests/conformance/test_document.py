@@ -9,6 +9,12 @@ from httpx import AsyncClient
 
 UNLIMITED = {"GET /health", "GET /health/ready"}
 PROBLEM = {"$ref": "#/components/schemas/ProblemDetails"}
+OAUTH2_PROBLEM = {"$ref": "#/components/schemas/OAuth2ProblemDetails"}
+TOKEN_ENDPOINTS = {"POST /token", "POST /token/refresh"}
+
+
+def problem_schema(name: str) -> dict[str, str]:
+    return OAUTH2_PROBLEM if name in TOKEN_ENDPOINTS else PROBLEM
 
 
 @pytest.fixture
@@ -39,7 +45,7 @@ def test_rate_limited_operations_declare_the_window_and_when_to_retry(document: 
     assert len(limited) == 10
     for name, operation in limited.items():
         responses = operation["responses"]
-        assert responses["429"]["content"]["application/problem+json"]["schema"] == PROBLEM, name
+        assert responses["429"]["content"]["application/problem+json"]["schema"] == problem_schema(name), name
         assert responses["429"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
         for status, response in responses.items():
             headers = response["headers"]
@@ -79,9 +85,12 @@ def test_errors_are_problem_documents_and_400_is_only_an_unreadable_body(documen
         takes_a_body = "requestBody" in operation
         assert ("400" in responses) == takes_a_body, name
         assert ("413" in responses) == takes_a_body, name
+        assert ("415" in responses) == takes_a_body, name
         for status, response in responses.items():
             if status.startswith("4"):
-                assert response["content"] == {"application/problem+json": {"schema": PROBLEM}}, (
+                assert response["content"] == {
+                    "application/problem+json": {"schema": problem_schema(name)}
+                }, (
                     name,
                     status,
                 )
@@ -93,3 +102,23 @@ def test_bodies_that_refuse_unknown_fields_say_so(document: dict[str, Any]) -> N
     for strict in ("Registration", "RefreshRequest", "OrderCreate", "OrderItem", "OrderStatusUpdate"):
         assert schemas[strict]["additionalProperties"] is False, strict
     assert "additionalProperties" not in schemas["PasswordGrant"]  # other OAuth2 fields are ignored
+
+
+def test_the_token_endpoints_errors_carry_oauth2_fields(document: dict[str, Any]) -> None:
+    schema = document["components"]["schemas"]["OAuth2ProblemDetails"]
+
+    assert {"status", "title", "detail", "errors", "error", "error_description"} <= set(schema["properties"])
+    assert {"status", "title", "detail", "error", "error_description"} <= set(schema["required"])
+    assert {"invalid_request", "invalid_grant", "unsupported_grant_type"} <= set(
+        schema["properties"]["error"]["enum"]
+    )
+
+
+def test_the_login_form_is_prefilled_with_the_walkthrough_account(document: dict[str, Any]) -> None:
+    form = document["components"]["schemas"]["PasswordGrant"]["properties"]
+
+    assert form["username"]["examples"] == ["ada@example.com"]
+    assert form["password"]["examples"] == ["correct horse battery"]
+    assert form["grant_type"]["type"] == "string"
+    assert form["grant_type"]["default"] == "password"
+    assert "password" in form["grant_type"]["enum"]
