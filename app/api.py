@@ -32,6 +32,7 @@ from app.lib.docs import assets_router, render_plugins
 from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController, ReadinessChecks
 from app.lib.logging import REQUEST_ID_HEADER, RequestContext, configure_logging
+from app.lib.media_types import require_declared_media_type
 from app.lib.metrics import prometheus_config
 from app.lib.openapi import StrictStructSchemaPlugin
 from app.lib.outbox import Outbox, OutboxPlugin, publisher_for
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies=services.dependencies(),
         plugins=_plugins(services),
         middleware=_middleware(services, request_context),
+        guards=[require_declared_media_type],  # a body in another media type than the route reads: 415
         # Hooks on every response, those the middleware never sees included (see RequestContext).
         before_send=[request_context.before_send, *([CORSRefusals(cors).before_send] if cors else [])],
         stores=services.stores,
