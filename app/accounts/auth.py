@@ -16,12 +16,23 @@ from litestar.security.jwt import JWTCookieAuthenticationMiddleware, OAuth2Passw
 from app.accounts.models import Role
 from app.accounts.revocations import RevokedSessions
 from app.lib.rate_limit import read_ahead_values
-from app.lib.security import REQUIRED_CLAIMS, SessionToken, TokenCodec, scope_header
+from app.lib.security import (
+    EXPIRED_TOKEN,
+    MALFORMED_TOKEN,
+    REQUIRED_CLAIMS,
+    WRONG_KIND,
+    ExpiredTokenError,
+    SessionToken,
+    TokenCodec,
+    scope_header,
+)
 
 TOKEN_URL = "/token"  # noqa: S105 - a path, not a secret
 SECURITY_SCHEME = "BearerToken"
 BEARER_REQUIRED: list[SecurityRequirement] = [{SECURITY_SCHEME: []}]
 """The OpenAPI ``security`` of operations that need an access token (the others are public)."""
+NO_TOKEN = "No access token: send `Authorization: Bearer <access_token>`, with the access_token from /token"  # noqa: S105
+SESSION_ENDED = "The session has ended (logged out, revoked, or its account deleted): log in again at /token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +72,24 @@ class BearerMiddleware(JWTCookieAuthenticationMiddleware):
         """Litestar's, with the header read straight from the scope (see ``scope_header``)."""
         header = scope_header(connection.scope, self.header_name)
         if not (encoded_token := header.partition(" ")[-1] if header else ""):
-            return await super().authenticate_request(connection)  # which looks for a cookie next
+            if connection.cookies.get(self.auth_cookie_key):
+                return await super().authenticate_request(connection)
+            raise NotAuthorizedException(NO_TOKEN)
         return await self.authenticate_token(encoded_token, connection)
 
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        if (known := self.remembered.get(encoded_token)) is None:
-            known = await self.verify(encoded_token, connection)
+        try:
+            if (known := self.remembered.get(encoded_token)) is None:
+                known = await self.verify(encoded_token, connection)
+        except ExpiredTokenError:
+            raise NotAuthorizedException(EXPIRED_TOKEN["access"]) from None
         token, user, expires_at = known
         if self.verify_expiry and expires_at <= time.time():
-            raise NotAuthorizedException("Invalid token")
+            raise NotAuthorizedException(EXPIRED_TOKEN["access"])
         if self.revoked_token_handler and await self.revoked_token_handler(token, connection):
-            raise NotAuthorizedException()
+            raise NotAuthorizedException(SESSION_ENDED)
         return AuthenticationResult(user=user, auth=token)
 
     async def verify(
@@ -92,7 +108,7 @@ class BearerMiddleware(JWTCookieAuthenticationMiddleware):
             strict_audience=self.strict_audience,
         )
         if not (user := await self.retrieve_user_handler(token, connection)):
-            raise NotAuthorizedException()
+            raise NotAuthorizedException(MALFORMED_TOKEN)
         if len(self.remembered) >= self.MAX_REMEMBERED:
             del self.remembered[next(iter(self.remembered))]  # the oldest
         known = self.remembered[encoded_token] = (token, user, token.exp.timestamp())
@@ -119,8 +135,8 @@ def bearer_auth(codec: TokenCodec, revoked: RevokedSessions) -> BearerAuth:
     async def principal_from_token(
         token: SessionToken, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> Principal | None:
-        if token.typ != "access":
-            return None  # a refresh token is not a credential for the API
+        if token.typ != "access":  # a refresh token is not a credential for the API
+            raise NotAuthorizedException(WRONG_KIND["access"])
         try:
             return Principal(user_id=UUID(token.sub), role=Role(token.role), session_id=token.session_id)
         except ValueError:

@@ -25,6 +25,22 @@ TokenKind = Literal["access", "refresh"]
 
 JWT_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "iss", "aud", "typ", "sid")
+MALFORMED_TOKEN = "The token is malformed, or was not issued by this service"  # noqa: S105
+EXPIRED_TOKEN: dict[TokenKind, str] = {
+    "access": "The access token has expired: exchange the refresh token at /token/refresh, or log in again",
+    "refresh": "The refresh token has expired: log in again at /token",
+}
+WRONG_KIND: dict[TokenKind, str] = {  # by the kind expected
+    "access": "A refresh token is not an access token: send the access_token that /token returned",
+    "refresh": "An access token is not a refresh token: send the refresh_token that /token returned",
+}
+
+
+class ExpiredTokenError(NotAuthorizedException):
+    """A token that was valid once; which kind it is, only its use tells (see ``EXPIRED_TOKEN``)."""
+
+    def __init__(self) -> None:
+        super().__init__("The token has expired")
 
 
 class PasswordHasher:
@@ -98,7 +114,7 @@ class SessionToken(Token):
         )
         token = _verified(encoded_token, secret, algorithm, frozen)
         if options.get("verify_exp", True) and token.exp <= datetime.now(UTC):
-            raise NotAuthorizedException("Invalid token")
+            raise ExpiredTokenError
         return token
 
     @functools.cached_property  # read on every request; the token itself is remembered (see _verified)
@@ -145,12 +161,17 @@ def _verified(
     encoded: str, secret: str, algorithm: str, options: tuple[tuple[str, Any], ...]
 ) -> SessionToken:
     """Verify once per distinct token (failures raise and are not remembered)."""
-    token = super(SessionToken, SessionToken).decode(encoded, secret, algorithm, **dict(options))
+    try:
+        token = super(SessionToken, SessionToken).decode(encoded, secret, algorithm, **dict(options))
+    except NotAuthorizedException as exc:  # Litestar's says "Invalid token" whatever the reason
+        if isinstance(exc.__cause__, jwt.ExpiredSignatureError):
+            raise ExpiredTokenError from exc
+        raise NotAuthorizedException(MALFORMED_TOKEN) from exc
     for claim in (token.sub, token.sid, str(token.jti)):  # ids the request goes on to use as UUIDs
         try:
             UUID(claim)
         except ValueError:
-            raise NotAuthorizedException("Invalid token") from None
+            raise NotAuthorizedException(MALFORMED_TOKEN) from None
     return token
 
 
@@ -195,15 +216,18 @@ class TokenCodec:
         return token.encode(self.secret, self.algorithm)
 
     def decode(self, encoded: str, kind: TokenKind) -> SessionToken:
-        """Verify signature, expiry, issuer, audience and kind, or raise a 401."""
-        token = SessionToken.decode(
-            encoded,
-            secret=self.secret,
-            algorithm=self.algorithm,
-            audience=self.audience,
-            issuer=self.issuer,
-            require_claims=REQUIRED_CLAIMS,
-        )
+        """Verify signature, expiry, issuer, audience and kind, or raise a 401 that says which failed."""
+        try:
+            token = SessionToken.decode(
+                encoded,
+                secret=self.secret,
+                algorithm=self.algorithm,
+                audience=self.audience,
+                issuer=self.issuer,
+                require_claims=REQUIRED_CLAIMS,
+            )
+        except ExpiredTokenError:
+            raise NotAuthorizedException(EXPIRED_TOKEN[kind]) from None
         if token.typ != kind:
-            raise NotAuthorizedException("Invalid token")
+            raise NotAuthorizedException(WRONG_KIND[kind])
         return token
