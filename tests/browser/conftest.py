@@ -137,6 +137,8 @@ class Browser:
     requests: dict[str, str] = field(default_factory=dict)
     """Every request's URL by its id in Chromium."""
     failed: list[str] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)
+    """The requests the page's own policy kept from leaving the browser."""
     console: list[str] = field(default_factory=list)
 
     def open(self, path: str) -> None:
@@ -196,16 +198,25 @@ class Browser:
             elif message.get("method") == "Network.webSocketCreated":
                 self.requests[params["requestId"]] = params["url"]
             elif message.get("method") == "Network.loadingFailed" and params["requestId"] in self.requests:
-                self.failed.append(f"{self.requests[params['requestId']]}: {params.get('errorText')}")
+                self._failed(params)
         self.console += [f"{line['level']} {line['message']}" for line in self.log("browser")]
 
+    def _failed(self, params: dict[str, Any]) -> None:
+        url = self.requests[params["requestId"]]
+        if params.get("blockedReason"):
+            # Refused by the browser itself before any connection, e.g. by the page's Content-Security-Policy.
+            self.blocked[params["requestId"]] = url
+        self.failed.append(f"{url}: {params.get('errorText') or params.get('blockedReason')}")
+
     def foreign_requests(self) -> list[str]:
-        """The requests, made so far, that went anywhere but the service's own origin."""
+        """The requests, made so far, that left the browser for anywhere but the service's own origin."""
         self.record()
         return [
             url
-            for url in self.requests.values()
-            if urlsplit(url).scheme not in LOCAL_SCHEMES and _origin(url) != self.origin
+            for request_id, url in self.requests.items()
+            if urlsplit(url).scheme not in LOCAL_SCHEMES
+            and _origin(url) != self.origin
+            and request_id not in self.blocked
         ]
 
     def troubles(self) -> str:
