@@ -82,3 +82,9 @@ def test_the_api_loads_neither_the_pipeline_roles_nor_the_task_queue() -> None:
     assert [
         name for name in loaded if name.startswith(("app.worker", "app.consumer", "app.lib.task_queue"))
     ] == []
+
+
+def test_just_devs_main_process_loads_none_of_the_apps_modules() -> None:
+    """Its granian workers are forked from it on every reload: a module of the app loaded there would be the
+    workers' copy, as it was when `just dev` started, and the models' tables would be declared twice."""
+    assert modules_loaded_by("import app.dev\napp.dev.preload()") == ["app", "app.dev"]
