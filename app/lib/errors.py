@@ -99,7 +99,7 @@ class ProblemDetails(msgspec.Struct):
 class OAuth2ProblemDetails(ProblemDetails, kw_only=True):
     """The body of an error of an OAuth2 token endpoint: a problem document with RFC 6749 §5.2's fields."""
 
-    error: OAuth2ErrorCode
+    error: Annotated[OAuth2ErrorCode, msgspec.Meta(description="The error code of RFC 6749 §5.2.")]
     error_description: Annotated[str, msgspec.Meta(description="The same text as `detail`.")]
 
 
