@@ -28,7 +28,7 @@ from app.config import Settings, SettingsError
 from app.lib.broker import AmqpPublisher
 from app.lib.cors import CORSRefusals
 from app.lib.db import sqlalchemy_config
-from app.lib.docs import assets_router, render_plugins
+from app.lib.docs import assets_router, docs_router, render_plugins
 from app.lib.errors import problem_details_plugin
 from app.lib.health import HealthController, ReadinessChecks
 from app.lib.logging import REQUEST_ID_HEADER, RequestContext, configure_logging
@@ -257,6 +257,7 @@ def _openapi(security_components: Components) -> OpenAPIConfig:
         version="0.1.0",
         description="Order service API. Log in at `/token`, then send `Authorization: Bearer <token>`.",
         render_plugins=render_plugins(),
+        openapi_router=docs_router(),
     )
 
 

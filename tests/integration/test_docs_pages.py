@@ -21,6 +21,10 @@ _LOADED = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
 async def test_a_page_loads_nothing_from_another_origin(client: AsyncClient, page: str) -> None:
     response = await client.get(page)
     assert response.status_code == 200
+    # Whatever a bundle's code would fetch from elsewhere, the browser refuses.
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy
+    assert "connect-src 'self'" in policy
     loaded = _LOADED.findall(response.text)
     assert loaded, "the page loads no script"
     for address in loaded:
