@@ -17,8 +17,8 @@ install:
 migrate:
     uv run alembic upgrade head
 
-# Migrate, then serve the API with auto-reload on http://127.0.0.1:${PORT:-8000}: one interpreter imports the
-# libraries once for the migration and every reload (app/dev.py).
+# app/dev.py: one interpreter imports the libraries, once for the migration and every reload.
+# Migrate, then serve the API with auto-reload on http://127.0.0.1:${PORT:-8000}.
 dev:
     uv run python -m app.dev
 
