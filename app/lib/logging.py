@@ -19,6 +19,8 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from structlog.typing import EventDict, Processor
 
+from app.lib.tracing import add_trace_ids, tracing_started
+
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +31,7 @@ _CONTEXT_KEY = "request_context"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 """A request id a client may choose (others are replaced by a new one)."""
 _VALID_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+_configured: dict[str, Any] = {}
 
 
 def configure_logging(*, level: str, as_json: bool) -> None:
@@ -37,9 +40,12 @@ def configure_logging(*, level: str, as_json: bool) -> None:
     Our own lines go through structlog's native logger, which writes directly (a fraction of the cost of
     the standard library's machinery, which matters on every request). Lines of libraries that log through
     the standard library (granian, SQLAlchemy, Celery, aio-pika) are rendered the same way by a handler.
+    While tracing is on, a line written within a span carries its ``trace_id`` and ``span_id``.
     """
+    _configured.update(level=level, as_json=as_json)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        *([add_trace_ids] if tracing_started() else []),
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -57,6 +63,13 @@ def configure_logging(*, level: str, as_json: bool) -> None:
         _standard_library_handler(shared, renderer, as_json),
     ]
     root.setLevel(level)
+
+
+def reconfigure_logging() -> None:
+    """Configure logging again as it was last (tracing started after it: its ids join the lines). Loggers
+    bound before keep their processors."""
+    if _configured:
+        configure_logging(**_configured)
 
 
 def _renderer(as_json: bool) -> Processor:
