@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from uuid import uuid4
 
 import aio_pika
 import asyncpg
+import httpx
 import msgspec
+import pytest
 from httpx import ASGITransport, AsyncClient, Response
 
 from app.api import create_app
@@ -202,6 +205,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_healthy(
+    base_url: str, process: subprocess.Popen[bytes], output: Callable[[], str], within: float = 60
+) -> None:
+    """Return once the API at ``base_url``, served by ``process``, answers ``/health``; else stop it and fail
+    with its ``output()``."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    pytest.fail(f"the API did not start:\n{output()}")
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 15.0) -> None:

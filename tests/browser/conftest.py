@@ -8,14 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import (
@@ -31,7 +29,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.support import ROOT, free_port, migrate
+from tests.support import ROOT, free_port, migrate, wait_until_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -104,7 +102,7 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsServer
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_until_up(server, process)
+        wait_until_healthy(server.base_url, process, server.log_tail)
         yield server
     finally:
         process.terminate()
@@ -113,17 +111,6 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsServer
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _wait_until_up(server: DocsServer, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    pytest.fail(f"the API did not start:\n{server.log_tail()}")
 
 
 @dataclass

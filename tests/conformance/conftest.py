@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from tests.support import (
     migrated_database,
     new_email,
     settings_for,
+    wait_until_healthy,
 )
 
 BIN = Path(sys.executable).parent
@@ -93,24 +93,13 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
             )
         api = LiveApi(f"http://127.0.0.1:{port}", log)
         try:
-            _wait_until_up(api, server)
+            wait_until_healthy(api.base_url, server, api.log_tail)
             yield api
         finally:
             server.terminate()
             server.wait(timeout=60)
             forget_redis_keys(deployment.redis_key_prefix)
             asyncio.run(delete_topology(deployment))
-
-
-def _wait_until_up(api: LiveApi, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{api.base_url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    pytest.fail(f"the API did not start:\n{api.log_tail()}")
 
 
 @pytest.fixture(scope="session")

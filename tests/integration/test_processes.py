@@ -33,6 +33,7 @@ from tests.support import (
     free_port,
     new_email,
     serving,
+    wait_until_healthy,
 )
 
 BIN = Path(sys.executable).parent
@@ -255,15 +256,9 @@ def production_api(database_url: str, **settings: str) -> Iterator[tuple[str, su
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("the API did not start: " + (server.stderr.read().decode() if server.stderr else ""))
+        wait_until_healthy(
+            base_url, server, lambda: server.stderr.read().decode() if server.stderr else "", within=30
+        )
         yield base_url, server
     finally:
         if server.poll() is None:
