@@ -18,11 +18,17 @@ queue, the worker's per-task work; see bench/RESULTS.md), and celery-batches kee
 both hops. Its counters are served in Prometheus format on ``CONSUMER_METRICS_PORT``
 (``orders_consumer_messages_total{outcome}``, and the depth of the dead-letter queue, whatever put the
 messages there), and only its own: not the API's metrics that the modules it imports define.
+
+Traced (app.lib.tracing), each event is received in a span that continues its message's trace, and its order
+carries that context to the worker; a batch is dispatched in a span of the first order's trace, linked to
+every order's, under which Celery's publish span puts the context in the task's headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import signal
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +51,7 @@ from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, close, co
 from app.lib.logging import configure_logging
 from app.lib.metrics import metric
 from app.lib.task_queue import celery_app
+from app.lib.tracing import current_traceparent, span, start_tracing
 from app.orders.events import NEW_ORDER, decode_new_order
 from app.orders.processing import PROCESS_ORDERS, OrderToProcess
 
@@ -156,7 +163,9 @@ class Consumer:
             await message.nack(requeue=True)
             MESSAGES.labels("requeued").inc()
             return
-        self.batch.append(Held(message, OrderToProcess(event.order_id, request_id)))
+        # Captured here, where aio-pika's receive span (continuing the message's trace) is current.
+        order = OrderToProcess(event.order_id, request_id, current_traceparent())
+        self.batch.append(Held(message, order))
         if len(self.batch) >= self.settings.consumer_batch_size:
             self.send_batch()
         elif self.batch_due is None:
@@ -179,7 +188,11 @@ class Consumer:
         """Send the batch's task; acknowledge its events once the Celery broker has it, or hand them back if
         the consumer stops before."""
         task_id = str(uuid7())
-        batch.sent = await self.send_until_sent(batch.held, task_id)
+        traces = [held.order.traceparent for held in batch.held if held.order.traceparent]
+        # In the first order's trace (the whole trace of a batch of one), linked to every order's.
+        attributes = {"celery.task_id": task_id, "messaging.batch.message_count": len(batch.held)}
+        with span("orders dispatch", parent=next(iter(traces), None), links=traces, attributes=attributes):
+            batch.sent = await self.send_until_sent(batch.held, task_id)
         if batch.sent:
             for held in batch.held:
                 bound = {"request_id": held.order.request_id, "event_id": held.message.message_id}
@@ -217,7 +230,10 @@ class Consumer:
         orders = msgspec.to_builtins([held.order for held in batch])
         while not self.stopping.is_set():
             try:
-                await asyncio.get_running_loop().run_in_executor(self.dispatchers, self.send, orders, task_id)
+                # In a copy of this context: the thread then publishes under the dispatch span, and whatever
+                # an attempt leaves attached to its context (a publish that failed) goes with the copy.
+                send = functools.partial(contextvars.copy_context().run, self.send, orders, task_id)
+                await asyncio.get_running_loop().run_in_executor(self.dispatchers, send)
             except Exception as exc:  # whatever the reason, the events stay in hand
                 MESSAGES.labels("dispatch_failed").inc()
                 log.error("task not dispatched, retrying", error=str(exc), retry_in=delay, task_id=task_id)
@@ -241,18 +257,40 @@ def _text(value: object) -> str | None:
 
 async def main() -> None:
     settings = Settings.from_env()
+    tracing = start_tracing("consumer", instrument_amqp=True)  # before logging: its lines get trace ids
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)
     if not settings.amqp_url:
         raise SystemExit(
             "orders consumer: AMQP_URL is not set (without a broker, events are handled in the API)"
         )
+    celery = celery_app(settings)
+    if tracing:
+        instrument_celery(celery)
     server, _ = start_http_server(settings.consumer_metrics_port, registry=REGISTRY)
     log.info("serving metrics", port=server.server_port, path="/metrics")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await Consumer(settings, celery_app(settings)).run(stop)
+    await Consumer(settings, celery).run(stop)
+
+
+def instrument_celery(celery: Celery) -> None:
+    """Celery's publish span, a child of the dispatch span, puts its context in the task's headers, which the
+    worker's task span continues. (aio-pika's receive span continues the trace of each message's
+    ``traceparent`` header: ``start_tracing`` instruments aio-pika.)"""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor  # noqa: PLC0415 - tracing on
+
+    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    # The instrumentation ends its publish span only if it finds the task by name in the current app, and
+    # the dispatch threads have none but the default one: this app, with a task of that name, which the
+    # consumer never runs (the worker's is in app.worker.tasks).
+    celery.set_default()
+    celery.task(name=PROCESS_ORDERS)(_run_by_the_worker)
+
+
+def _run_by_the_worker(orders: list[Any]) -> None:
+    raise NotImplementedError(f"{PROCESS_ORDERS} runs in the worker")
 
 
 if __name__ == "__main__":

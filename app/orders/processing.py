@@ -20,6 +20,7 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 
 from app.lib.db import statement_session
 from app.lib.outbox import Event
+from app.lib.tracing import current_traceparent, span
 from app.orders.cache import OrderCache
 from app.orders.events import decode_new_order
 from app.orders.repositories import ChangedOrder, OrderRepository
@@ -27,18 +28,22 @@ from app.orders.repositories import ChangedOrder, OrderRepository
 log = structlog.get_logger(__name__)
 
 PROCESS_ORDERS = "orders.process_orders"
-"""The Celery task of a batch, ``[[order_id, request_id], ...]`` (``OrderToProcess``): sent by the consumer
-(app.consumer), run by the worker's ``process_orders_task`` (app.worker.tasks)."""
+"""The Celery task of a batch, ``[[order_id, request_id, traceparent], ...]`` (``OrderToProcess``): sent by
+the consumer (app.consumer), run by the worker's ``process_orders_task`` (app.worker.tasks)."""
 PROCESS_ORDER = "orders.process_order"
 """The task of one order, ``order_id`` (the request id in its ``request_id`` header), as releases before the
 batches sent it: still run by the worker (``process_order_task``), for tasks queued at an upgrade."""
 
 
 class OrderToProcess(msgspec.Struct, frozen=True, array_like=True):
-    """One order of a batch, with the id of the request that placed it (for the log lines)."""
+    """One order of a batch, with the id of the request that placed it (for the log lines) and the trace
+    context its event was received in (W3C ``traceparent``), which its processing continues.
+
+    Fields are only ever added at the end, with a default: a task of an earlier release still decodes."""
 
     order_id: UUID
     request_id: str | None = None
+    traceparent: str | None = None
 
 
 async def process_orders(
@@ -51,7 +56,11 @@ async def process_orders(
 
     Errors of the database stay SQLAlchemy's, so that the worker can tell a lost connection (retry) from a
     bug (fail). The orders it stamped are returned.
+
+    Traced, the statement and the pipeline are the task's (the current span); each order then gets a
+    ``process order`` span in its own trace, the request's, linked to the task's.
     """
+    task = [traceparent] if (traceparent := current_traceparent()) else []  # the worker's task span
     order_ids = [item.order_id for item in batch]
     async with statement_session(db) as session:
         repository = OrderRepository(session=session)
@@ -63,7 +72,12 @@ async def process_orders(
     await cache.put_many(stamped)
     known = existing | done.keys()
     for item in batch:
-        with structlog.contextvars.bound_contextvars(request_id=item.request_id, order_id=str(item.order_id)):
+        # In the order's own trace (its request's), linked to the batch's task; its log line carries it.
+        order_id = str(item.order_id)
+        with (
+            span("process order", parent=item.traceparent, links=task, attributes={"order.id": order_id}),
+            structlog.contextvars.bound_contextvars(request_id=item.request_id, order_id=order_id),
+        ):
             if (order := done.pop(item.order_id, None)) is not None:  # popped: once for a duplicate in batch
                 log.info("order processed", status=order.status.value)
             else:

@@ -15,7 +15,7 @@ from uuid import UUID
 import msgspec
 import structlog
 from celery import Celery, Task
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
@@ -24,6 +24,7 @@ from app.lib.logging import configure_logging
 from app.lib.redis import create_redis
 from app.lib.stores import AtomicStore, create_stores
 from app.lib.task_queue import celery_app
+from app.lib.tracing import start_tracing, stop_tracing
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
 from app.orders.processing import PROCESS_ORDER, PROCESS_ORDERS, OrderToProcess, process_orders
 
@@ -61,6 +62,23 @@ celery = worker_app(settings)
 def _logging(**_: Any) -> None:
     """Our structured logging instead of Celery's own, in the worker (Flower logs through tornado)."""
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)
+
+
+@worker_process_init.connect
+def _start_tracing(**_: Any) -> None:
+    """Tracing starts in each pool process, after Celery forked it: the span processor's export thread
+    would not survive the fork. The task span continues the context of the consumer's dispatch."""
+    if start_tracing("worker"):  # PostgreSQL and Redis, and the trace ids on log lines
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor  # noqa: PLC0415 - tracing on
+
+        CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
+
+
+@worker_process_shutdown.connect
+def _flush_spans(**_: Any) -> None:
+    """Export the spans still buffered: a pool process ends with ``os._exit``, which skips the SDK's own
+    exit handler."""
+    stop_tracing()
 
 
 class ConnectionLost(Exception):
@@ -116,8 +134,8 @@ RETRIED_WHILE_THE_DATABASE_IS_AWAY: dict[str, Any] = {
 
 @celery.task(name=PROCESS_ORDERS, bind=True, **RETRIED_WHILE_THE_DATABASE_IS_AWAY)
 def process_orders_task(self: Task[[list[Any]], int], orders: list[Any]) -> int:
-    """Process a batch of orders, ``[[order_id, request_id], ...]`` (see app.orders.processing): one
-    statement and one Redis pipeline for the batch; safe to run any number of times."""
+    """Process a batch of orders, ``[[order_id, request_id, traceparent], ...]`` (see app.orders.processing):
+    one statement and one Redis pipeline for the batch; safe to run any number of times."""
     batch = msgspec.convert(orders, list[OrderToProcess], strict=False)
     return runtime().process(batch, self.request.id)
 
