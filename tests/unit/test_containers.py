@@ -8,11 +8,13 @@ import re
 import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from app.config import Settings
+from app.lib.tracing import tracing_enabled
 from app.serve import SHUTDOWN_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -30,7 +32,7 @@ ROLES = {
 
 
 def test_the_stack_has_every_service() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "rabbitmq", *ROLES}
+    assert set(SERVICES) == {"postgres", "redis", "rabbitmq", "jaeger", *ROLES}
 
 
 @pytest.mark.parametrize("role", sorted(ROLES))
@@ -85,10 +87,32 @@ def test_the_api_metrics_reach_the_compose_network_but_not_the_host() -> None:
 def test_the_roles_environment_names_real_settings() -> None:
     settings = {name.upper() for name in Settings.__struct_fields__}
     for role in ROLES:
-        assert set(SERVICES[role]["environment"]) <= settings, role
+        # OTEL_* are OpenTelemetry's own variables, which its SDK reads (app.lib.tracing).
+        ours = {name for name in SERVICES[role]["environment"] if not name.startswith("OTEL_")}
+        assert ours <= settings, role
     production = SERVICES["api"]["environment"]
     assert production["APP_ENV"] == "production"
     assert {"DATABASE_URL", "REDIS_URL", "AMQP_URL", "JWT_SECRET"} <= set(production)
+
+
+def test_tracing_is_off_unless_asked_for_and_then_goes_to_the_tracing_profiles_jaeger() -> None:
+    def resolved(environment: dict[str, str], **host: str) -> dict[str, str]:
+        """The values compose gives ``${NAME:-default}`` with ``host``'s variables."""
+        return {
+            name: re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: host.get(m[1], m[2]), value)
+            for name, value in environment.items()
+        }
+
+    jaeger = SERVICES["jaeger"]
+    assert jaeger["profiles"] == ["tracing"]  # `up` alone doesn't start it
+    for role in ("api", "consumer", "worker"):
+        environment = SERVICES[role]["environment"]
+        assert not tracing_enabled(resolved(environment))
+        traced = resolved(environment, OTEL_TRACES_EXPORTER="otlp")
+        assert tracing_enabled(traced)
+        endpoint = urlsplit(traced["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        assert (endpoint.hostname, str(endpoint.port)) == ("jaeger", "4318"), role  # OTLP over HTTP
+    assert "4318" in jaeger["expose"]
 
 
 def test_the_image_is_multi_stage_non_root_and_without_build_tools() -> None:
