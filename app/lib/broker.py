@@ -24,6 +24,8 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
+from app.lib import tracing
+
 if TYPE_CHECKING:  # the outbox imports this module to build its publisher
     from app.lib.outbox import Event
 
@@ -34,6 +36,8 @@ DELIVERY_LIMIT = 20
 every hand-back of the messages in hand when a consumer stops: room for many restarts during a backlog,
 while a message that crashes its consumer every time still ends in the dead-letter queue."""
 REQUEST_ID_HEADER = "x-request-id"
+TRACEPARENT_HEADER = "traceparent"
+"""W3C trace context, written by the aio-pika instrumentation when tracing is on."""
 BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, TimeoutError)
 REPLAY_STEP_TIMEOUT = 10.0
 """Seconds a replay waits for the broker at each step (connection, get, confirmed publication)."""
@@ -152,12 +156,7 @@ class AmqpPublisher:
         if not messages or not self.ready or self._exchange is None:
             return [False] * len(messages)
         exchange = self._exchange
-        publishing = [
-            asyncio.ensure_future(
-                exchange.publish(amqp_message(message), routing_key=message.topic, mandatory=True)
-            )
-            for message in messages
-        ]
+        publishing = [_publishing(exchange, message) for message in messages]
         try:
             done, _ = await asyncio.wait(publishing, timeout=self.timeout)
         finally:  # those not confirmed in time, or all if cancelled: the outbox keeps their rows
@@ -179,6 +178,15 @@ class AmqpPublisher:
     async def close(self) -> None:
         await close(self._connection, self._channel)
         log.info("publisher closed")
+
+
+def _publishing(exchange: AbstractExchange, message: Event) -> asyncio.Future[Any]:
+    """The message's publication, as a task begun in the trace of the request that wrote the event (a task
+    copies the context it was created in): its publish span is a child of the request's."""
+    with tracing.continued(message.trace_context):
+        return asyncio.ensure_future(
+            exchange.publish(amqp_message(message), routing_key=message.topic, mandatory=True)
+        )
 
 
 async def connect(url: str, attempt_timeout: float) -> AbstractRobustConnection:
@@ -254,17 +262,23 @@ async def replay_dead_letters(url: str, topology: Topology, limit: int | None = 
                 message = await dead.get(fail=False, timeout=REPLAY_STEP_TIMEOUT)
                 if message is None:  # taken by someone else meanwhile
                     break
-                await exchange.publish(
-                    _replayed(message),
-                    routing_key=topology.topic,
-                    mandatory=True,
-                    timeout=REPLAY_STEP_TIMEOUT,
-                )
+                with tracing.continued(_traceparent(message)):  # the replay joins the event's trace
+                    await exchange.publish(
+                        _replayed(message),
+                        routing_key=topology.topic,
+                        mandatory=True,
+                        timeout=REPLAY_STEP_TIMEOUT,
+                    )
                 await message.ack()
                 replayed += 1
     except BROKER_ERRORS as exc:
         raise ReplayStopped(replayed, exc) from exc
     return replayed
+
+
+def _traceparent(message: AbstractIncomingMessage) -> str | None:
+    value = message.headers.get(TRACEPARENT_HEADER)
+    return value if isinstance(value, str) else None
 
 
 def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:

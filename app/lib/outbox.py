@@ -27,6 +27,7 @@ from sqlalchemy import Index, LargeBinary, String, Update, func, select, text, u
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.config import Settings
+from app.lib import tracing
 from app.lib.broker import AmqpPublisher, Topology
 from app.lib.db import autocommit_engine, database_unavailable
 from app.lib.metrics import metric
@@ -60,6 +61,8 @@ class OutboxMessage(UUIDv7Base):
     topic: Mapped[str] = mapped_column(String(64))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # The W3C traceparent of the request that wrote the event, so its publication joins that trace.
+    trace_context: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=_now)
     sent_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True))
 
@@ -72,6 +75,8 @@ class Event(msgspec.Struct, frozen=True):
     payload: bytes
     request_id: str | None
     created_at: datetime
+    trace_context: str | None = None
+    """The traceparent of the request that wrote it (None when tracing is off): it is published in it."""
 
 
 _EVENT_COLUMNS = [getattr(OutboxMessage, name) for name in Event.__struct_fields__]
@@ -210,7 +215,10 @@ class Outbox:
         for event in events:
             if event.id in sent:
                 EVENTS_PUBLISHED.labels(event.topic, by).inc()
-                with structlog.contextvars.bound_contextvars(request_id=event.request_id):
+                with (
+                    structlog.contextvars.bound_contextvars(request_id=event.request_id),
+                    tracing.continued(event.trace_context),  # the line carries the request's trace id
+                ):
                     log.info("event published", topic=event.topic, event_id=str(event.id), by=by)
         return sent
 
@@ -286,7 +294,14 @@ class InProcessBus:
 
     async def publish_many(self, events: Sequence[Event]) -> list[bool]:
         try:
-            await self.handler(events)
+            # One span for the batch, linked to the trace of each request that wrote one of its events.
+            with tracing.span(
+                f"process {events[0].topic}",
+                links=[event.trace_context for event in events if event.trace_context],
+                attributes={"messaging.batch.message_count": len(events)},
+                kind="consumer",
+            ):
+                await self.handler(events)
         except Exception:  # the events stay in the outbox and the relay retries them
             log.exception("in-process event handler failed", event_ids=[str(event.id) for event in events])
             return [False] * len(events)

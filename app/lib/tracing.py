@@ -13,18 +13,32 @@ again on the other side (``continued``), or linked from a span that handles a ba
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from structlog.typing import EventDict, WrappedLogger
 
+from app import traces_exporters
 from app.config import SettingsError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from app.lib.tracing_sdk import Tracing
+
+__all__ = [
+    "add_trace_ids",
+    "continued",
+    "current_traceparent",
+    "flush_spans",
+    "span",
+    "start_tracing",
+    "stop_tracing",
+    "traces_exporters",
+    "tracing_enabled",
+    "tracing_started",
+]
 
 EXPORTERS = ("otlp", "console")
 """What ``OTEL_TRACES_EXPORTER`` may name besides ``none``: OTLP over HTTP (protobuf), or JSON on stdout."""
@@ -35,26 +49,14 @@ _active: Tracing | None = None
 _NOTHING = contextlib.nullcontext()
 
 
-def traces_exporters(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The exporters the environment names: ``OTEL_TRACES_EXPORTER`` (``none`` for none), else ``otlp`` if an
-    OTLP endpoint is set, else none; none at all when ``OTEL_SDK_DISABLED`` is true."""
-    environ = os.environ if environ is None else environ
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return []
-    named = [name.strip().lower() for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",")]
-    named = [name for name in named if name]
-    if named:
-        return [name for name in dict.fromkeys(named) if name != "none"]
-    endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    return ["otlp"] if any(environ.get(name, "").strip() for name in endpoints) else []
-
-
 def tracing_enabled(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the environment turns tracing on (see ``traces_exporters``)."""
+    """Whether the environment turns tracing on: whether it names an exporter (see ``traces_exporters``)."""
     return bool(traces_exporters(environ))
 
 
-def start_tracing(role: str, *, instrument_amqp: bool = False, exporter: SpanExporter | None = None) -> bool:
+def start_tracing(
+    role: str, *, instrument_amqp: bool = False, exporter: Callable[[], SpanExporter] | None = None
+) -> bool:
     """Configure tracing for this process, if the environment turns it on; whether it is on.
 
     Once per process (later calls change nothing). Call it before the role's connections are made, and
@@ -62,13 +64,14 @@ def start_tracing(role: str, *, instrument_amqp: bool = False, exporter: SpanExp
     again, but loggers bound before keep their processors). It instruments what every role uses:
     PostgreSQL (asyncpg, which is also what SQLAlchemy's statements go through) and Redis; with
     ``instrument_amqp``, aio-pika too (the API's publisher and the consumer). Celery is the consumer's and
-    worker's own to instrument (a prefork worker after the fork). ``exporter`` replaces the environment's
-    exporters (tests, with an in-memory one). Raises ``SettingsError`` for an exporter it does not know.
+    worker's own to instrument (a prefork worker after the fork). ``exporter`` makes the exporter that
+    replaces the environment's (tests: an in-memory one; called once OpenTelemetry can be imported). Raises
+    ``SettingsError`` for an exporter it does not know.
     """
     global _active  # noqa: PLW0603 - the process's one tracing state, read by the hot paths
     if _active is not None:
         return True
-    exporters = traces_exporters()
+    exporters = traces_exporters()  # the environment of now, not of the package's import
     if exporter is None and not exporters:
         return False
     unknown = [name for name in exporters if name not in EXPORTERS]
@@ -76,6 +79,8 @@ def start_tracing(role: str, *, instrument_amqp: bool = False, exporter: SpanExp
         raise SettingsError(
             f"OTEL_TRACES_EXPORTER: unsupported exporter {', '.join(unknown)} (use otlp, console or none)"
         )
+    if "opentelemetry" in sys.modules and sys.modules["opentelemetry"] is None:
+        del sys.modules["opentelemetry"]  # importable again (see app/__init__.py)
     from app.lib import tracing_sdk  # noqa: PLC0415 - the SDK's import cost is paid only when tracing is on
 
     _active = tracing_sdk.Tracing.start(

@@ -8,7 +8,7 @@ sampler), ``OTEL_BSP_*`` (``BatchSpanProcessor``) and ``OTEL_EXPORTER_OTLP_*`` (
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -77,14 +77,14 @@ class Tracing:
         cls,
         service_name: str,
         exporters: Sequence[str],
-        exporter: SpanExporter | None,
+        exporter: Callable[[], SpanExporter] | None,
         *,
         instrument_amqp: bool,
     ) -> Tracing:
         fresh = not isinstance(trace.get_tracer_provider(), TracerProvider)
         provider = _provider(service_name)
         if fresh:  # a restart in the same process (tests) keeps the first start's exporters
-            for each in [exporter] if exporter is not None else [_exporter(name) for name in exporters]:
+            for each in [exporter()] if exporter is not None else [_exporter(name) for name in exporters]:
                 provider.add_span_processor(BatchSpanProcessor(each))  # its settings from OTEL_BSP_*
         instrumentors = _instrumentors(instrument_amqp)
         for instrumentor in instrumentors:

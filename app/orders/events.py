@@ -11,6 +11,7 @@ import msgspec
 from uuid_utils.compat import uuid7
 
 from app.lib.outbox import Event
+from app.lib.tracing import current_traceparent
 from app.orders.schemas import OrderRead
 
 NEW_ORDER: Literal["new_order"] = "new_order"
@@ -36,7 +37,8 @@ def decode_new_order(body: bytes) -> NewOrder:
 
 
 def new_order_message(order: OrderRead, request_id: str | None) -> Event:
-    """The outbox row announcing ``order``, to be written in the transaction that creates it."""
+    """The outbox row announcing ``order``, to be written in the transaction that creates it; with the trace
+    of the request, which its publication continues, whichever process publishes it."""
     event_id = uuid7()  # time-ordered, like every id here
     event = NewOrder(
         event=NEW_ORDER,
@@ -52,4 +54,5 @@ def new_order_message(order: OrderRead, request_id: str | None) -> Event:
         payload=msgspec.json.encode(event),
         request_id=request_id,
         created_at=datetime.now(UTC),
+        trace_context=current_traceparent(),
     )

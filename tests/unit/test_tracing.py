@@ -1,0 +1,97 @@
+"""When tracing is on, from the standard OpenTelemetry environment; and that off costs no import."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.lib.tracing import traces_exporters, tracing_enabled
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("environ", "exporters"),
+    [
+        pytest.param({}, [], id="nothing set"),
+        pytest.param({"OTEL_TRACES_EXPORTER": "otlp"}, ["otlp"], id="otlp"),
+        pytest.param({"OTEL_TRACES_EXPORTER": " Console "}, ["console"], id="console"),
+        pytest.param({"OTEL_TRACES_EXPORTER": "none"}, [], id="none"),
+        pytest.param({"OTEL_TRACES_EXPORTER": "otlp,console,otlp"}, ["otlp", "console"], id="several"),
+        pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp"], id="endpoint"),
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, ["otlp"], id="traces"
+        ),
+        pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": "   "}, [], id="blank endpoint"),
+        pytest.param(
+            {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
+            [],
+            id="none wins",
+        ),
+        pytest.param({"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "TRUE"}, [], id="sdk disabled"),
+        pytest.param(
+            {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "false"}, ["console"], id="sdk enabled"
+        ),
+    ],
+)
+def test_the_standard_environment_turns_tracing_on(environ: dict[str, str], exporters: list[str]) -> None:
+    assert traces_exporters(environ) == exporters
+    assert tracing_enabled(environ) is bool(exporters)
+
+
+PRODUCTION = {
+    "APP_ENV": "production",
+    "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/orders",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+    "JWT_SECRET": "a-production-like-secret-of-more-than-32-characters",
+}
+REPORT = """
+import json, sys, app.asgi
+loaded = (name for name, module in sys.modules.items() if name.split(".")[0] == "opentelemetry" and module)
+print(json.dumps(sorted(loaded)))
+"""
+
+
+def opentelemetry_modules_loaded(**environ: str) -> list[str]:
+    """The OpenTelemetry modules a fresh interpreter has loaded once it built the API app."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **PRODUCTION, **environ}
+    done = subprocess.run(
+        [sys.executable, "-c", REPORT], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return loaded
+
+
+@pytest.mark.parametrize("environ", [{}, {"OTEL_TRACES_EXPORTER": "none"}], ids=["unset", "none"])
+def test_tracing_off_imports_no_opentelemetry_module(environ: dict[str, str]) -> None:
+    assert opentelemetry_modules_loaded(**environ) == []
+
+
+def test_tracing_on_loads_the_sdk_and_the_instrumentations() -> None:
+    """The other side of the test above, so that it can fail: the same check sees them when on."""
+    loaded = opentelemetry_modules_loaded(OTEL_TRACES_EXPORTER="console")
+    assert "opentelemetry.sdk.trace" in loaded
+    assert "opentelemetry.instrumentation.asyncpg" in loaded
+    assert "opentelemetry.instrumentation.aio_pika" in loaded
+
+
+def test_an_exporter_it_does_not_know_stops_the_api_with_the_reason() -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", **PRODUCTION, "OTEL_TRACES_EXPORTER": "zipkin"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import app.asgi"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "OTEL_TRACES_EXPORTER: unsupported exporter zipkin" in done.stderr
+    assert "Traceback" not in done.stderr
