@@ -282,9 +282,10 @@ def instrument_celery(celery: Celery) -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor  # noqa: PLC0415 - tracing on
 
     CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
-    # The instrumentation ends its publish span only if it finds the task by name in the current app, and
-    # the dispatch threads have none but the default one: this app, with a task of that name, which the
-    # consumer never runs (the worker's is in app.worker.tasks).
+    # The instrumentation keeps its publish span open until the broker confirmed the task only if it finds
+    # the task by name in the current app (else the span ends at once, measuring nothing), and the dispatch
+    # threads have none but the default one: this app, with a task of that name, which the consumer never
+    # runs (the worker's is in app.worker.tasks).
     celery.set_default()
     celery.task(name=PROCESS_ORDERS)(_run_by_the_worker)
 
