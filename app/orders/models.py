@@ -25,7 +25,11 @@ class Order(UUIDv7AuditBase):
     """An order. Its items are a value fixed at creation, so they live in the row as a JSON list."""
 
     __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_user_created", "user_id", "created_at", "id"),)  # a user's pages
+    __table_args__ = (
+        Index("ix_orders_user_created", "user_id", "created_at", "id"),  # a user's pages
+        Index("ix_orders_created", "created_at", "id"),  # every user's pages (admins)
+        Index("ix_orders_status_created", "status", "created_at", "id"),  # every user's, by status
+    )
 
     user_id: Mapped[UUID] = mapped_column(ForeignKey(User.id, ondelete="RESTRICT"))
     items: Mapped[list[dict[str, Any]]] = mapped_column(JsonB)
