@@ -93,8 +93,9 @@ def in_process_handler(
     """Processing for the embedded default's in-process bus, where no broker and no worker run."""
 
     async def handle(events: Sequence[Event]) -> None:
-        batch = [
-            OrderToProcess(decode_new_order(event.payload).order_id, event.request_id) for event in events
+        batch = [  # each order processed in its request's trace, as the worker does
+            OrderToProcess(decode_new_order(event.payload).order_id, event.request_id, event.trace_context)
+            for event in events
         ]
         await process_orders(batch, db, cache)
 
