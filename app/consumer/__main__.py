@@ -51,7 +51,7 @@ from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, close, co
 from app.lib.logging import configure_logging
 from app.lib.metrics import metric
 from app.lib.task_queue import celery_app
-from app.lib.tracing import current_traceparent, span, start_tracing
+from app.lib.tracing import continued, current_traceparent, span, start_tracing
 from app.orders.events import NEW_ORDER, decode_new_order
 from app.orders.processing import PROCESS_ORDERS, OrderToProcess
 
@@ -196,7 +196,8 @@ class Consumer:
         if batch.sent:
             for held in batch.held:
                 bound = {"request_id": held.order.request_id, "event_id": held.message.message_id}
-                with structlog.contextvars.bound_contextvars(**bound):
+                # The line carries the order's own trace id (its receipt's), not the batch's.
+                with structlog.contextvars.bound_contextvars(**bound), continued(held.order.traceparent):
                     log.info("order dispatched", order_id=str(held.order.order_id), task_id=task_id)
             MESSAGES.labels("dispatched").inc(len(batch.held))
         else:

@@ -322,9 +322,10 @@ async def test_an_order_is_one_trace_from_its_request_to_the_worker(
         trace = await order_trace(stack, order["id"])
 
     assert_one_tree_from_the_request_to_the_worker(trace, order["id"])
-    # The worker's line of the order carries the order's trace id.
-    [line] = stack.role("worker").lines(event="order processed", order_id=order["id"])
-    assert f"0x{line['trace_id']}" == trace.one(REQUEST).trace_id
+    # The consumer's and the worker's lines of the order carry the order's trace id.
+    [dispatched] = stack.role("consumer").lines(event="order dispatched", order_id=order["id"])
+    [done] = stack.role("worker").lines(event="order processed", order_id=order["id"])
+    assert f"0x{dispatched['trace_id']}" == f"0x{done['trace_id']}" == trace.one(REQUEST).trace_id
 
 
 async def test_an_event_the_relay_publishes_stays_in_its_request_s_trace(
