@@ -10,24 +10,30 @@ caches their compiled form.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 from uuid import UUID
 
 import msgspec
+from advanced_alchemy.filters import LimitOffset, OrderBy, StatementFilter
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import (
     ColumnElement,
     Insert,
     Row,
+    Select,
     Table,
     Text,
     Update,
     bindparam,
     func,
     insert,
+    literal,
+    null,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.lib.db import connection_lost
 from app.lib.outbox import Event, OutboxMessage
 from app.orders.models import Order, OrderIdempotencyKey, OrderStatus
-from app.orders.schemas import OrderItem, OrderRead
+from app.orders.schemas import OrderItem, OrderRead, Position
 from app.orders.status import sources_of
 
 _orders = cast("Table", Order.__table__)
@@ -245,7 +251,7 @@ async def read_page(
 
 
 def _page_row(row: Sequence[Any]) -> OrderRead:
-    """A row of ``_PAGE`` as the schema: its values are typed by the driver or SQLAlchemy already."""
+    """A row of a page's query as the schema: its values are typed by the driver or SQLAlchemy already."""
     order_id, user_id, items, total_price, status, created_at, updated_at, processed_at, _ = row
     return OrderRead(
         id=order_id,
@@ -257,3 +263,64 @@ def _page_row(row: Sequence[Any]) -> OrderRead:
         updated_at=updated_at,
         processed_at=processed_at,
     )
+
+
+class Page(NamedTuple):
+    """A page of orders, how many match in all (None: not counted), and whether more follow it."""
+
+    orders: list[OrderRead]
+    total: int | None
+    more: bool
+
+
+@dataclass
+class Older(StatementFilter):
+    """Keyset paging: the orders after ``position`` newest first, i.e. older in (created_at, id). One
+    comparison of the row value, which is one range of an index that starts with (created_at, id) or with
+    an equality and them, whatever the depth."""
+
+    position: Position
+
+    def append_to_statement(self, statement: Any, model: type[Any], *args: Any, **kwargs: Any) -> Any:
+        created_at, order_id = model.created_at, model.id
+        return statement.where(
+            tuple_(created_at, order_id)
+            < tuple_(
+                literal(self.position.created_at, created_at.type), literal(self.position.id, order_id.type)
+            )
+        )
+
+
+_NEWEST_FIRST = (OrderBy("created_at", "desc"), OrderBy("id", "desc"))
+_COLUMNS = [_orders.c[name] if name != "items" else _orders.c["items"].cast(Text) for name in _ORDER_FIELDS]
+
+
+async def read_filtered_page(
+    connection: AsyncConnection,
+    filters: Sequence[StatementFilter],
+    limit: int,
+    offset: int = 0,
+    *,
+    count: bool,
+) -> Page:
+    """A page of the orders that ``filters`` (advanced-alchemy's, and ``Older``) select, newest first; with
+    how many they select in all if ``count``. One more row than the page is read, to tell if more follow.
+
+    Every query but the plainest page (``read_page``): the statement varies with the filters given, so it
+    goes through SQLAlchemy, whose compiled cache holds one entry per combination of filters.
+    """
+    selected: Select[Any] = select(*_COLUMNS)
+    counted: Select[Any] = select(func.count()).select_from(_orders)
+    for condition in filters:
+        selected = condition.append_to_statement(selected, Order)
+        if count and not isinstance(condition, Older):
+            counted = condition.append_to_statement(counted, Order)
+    for clause in (*_NEWEST_FIRST, LimitOffset(limit + 1, offset)):
+        selected = clause.append_to_statement(selected, Order)
+    # The total rides along as in ``_PAGE`` (or a NULL in its place: the rows have one shape).
+    selected = selected.add_columns(counted.scalar_subquery() if count else null())
+    rows = (await connection.execute(selected)).all()
+    total = None
+    if count:
+        total = rows[0][-1] if rows else await connection.scalar(counted) or 0
+    return Page([_page_row(row) for row in rows[:limit]], total, len(rows) > limit)

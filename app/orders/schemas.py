@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-from datetime import datetime
+import struct
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, NamedTuple
 from uuid import UUID
 
 import msgspec
@@ -124,3 +127,42 @@ class OrderRead(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     processed_at: datetime | None
+
+
+class Position(NamedTuple):
+    """Where a page of orders ends in their order, newest first: its last order's sort key."""
+
+    created_at: datetime
+    id: UUID
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_CURSOR_VERSION = 1
+_CURSOR = struct.Struct(">Bq16s")  # version, created_at in microseconds since the epoch, the order's id
+CURSOR_LENGTH = len(base64.urlsafe_b64encode(bytes(_CURSOR.size)).rstrip(b"="))
+CURSOR_PATTERN = rf"^[A-Za-z0-9_-]{{{CURSOR_LENGTH}}}$"
+
+
+def encode_cursor(position: Position) -> str:
+    """The opaque text a client sends back as ``cursor`` for the page after ``position``."""
+    micros = (position.created_at - _EPOCH) // _MICROSECOND
+    return (
+        base64.urlsafe_b64encode(_CURSOR.pack(_CURSOR_VERSION, micros, position.id.bytes))
+        .rstrip(b"=")
+        .decode()
+    )
+
+
+def decode_cursor(text: str) -> Position:
+    """The position a cursor of ``encode_cursor`` names; ValueError for any other text."""
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        version, micros, order_id = _CURSOR.unpack(raw)
+        position = Position(_EPOCH + micros * _MICROSECOND, UUID(bytes=order_id))
+    except (binascii.Error, struct.error, OverflowError) as exc:
+        raise ValueError("is not a cursor this service gave out") from exc
+    # One spelling per position (the base64's unused bits too): anything else was not given out.
+    if version != _CURSOR_VERSION or encode_cursor(position) != text:
+        raise ValueError("is not a cursor this service gave out")
+    return position

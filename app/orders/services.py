@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from advanced_alchemy.filters import ComparisonFilter, StatementFilter
 from prometheus_client import Counter
 from sqlalchemy import select
 from uuid_utils.compat import uuid7
@@ -21,8 +22,16 @@ from app.lib.outbox import Outbox
 from app.orders.cache import OrderCache, to_read
 from app.orders.events import new_order_message
 from app.orders.models import Order, OrderIdempotencyKey, OrderStatus
-from app.orders.repositories import IdempotencyClaim, IdempotencyKeyRepository, OrderRepository, read_page
-from app.orders.schemas import OrderCreate, OrderRead
+from app.orders.repositories import (
+    IdempotencyClaim,
+    IdempotencyKeyRepository,
+    Older,
+    OrderRepository,
+    Page,
+    read_filtered_page,
+    read_page,
+)
+from app.orders.schemas import OrderCreate, OrderRead, Position
 from app.orders.status import check_transition
 
 NOT_FOUND = "No such order"
@@ -146,12 +155,34 @@ class OrderReader:
             raise NotFoundError(NOT_FOUND)
         return order
 
-    async def page(self, user_id: UUID, limit: int, offset: int) -> tuple[list[OrderRead], int]:
-        """One page of the user's orders, newest first, and how many there are in all."""
+    async def page(
+        self,
+        owner: UUID | None,
+        filters: Sequence[StatementFilter],
+        limit: int,
+        offset: int = 0,
+        after: Position | None = None,
+        *,
+        count: bool = True,
+    ) -> Page:
+        """A page of the owner's orders (everyone's for None) that ``filters`` select, newest first, from
+        ``offset`` or past ``after``; with how many they select in all if ``count``.
 
-        async def read() -> tuple[list[OrderRead], int]:
+        The plainest page, the hottest, is ``read_page``'s precompiled statement: a user's orders, counted,
+        without filters or cursor.
+        """
+        conditions = list(filters)
+        if owner is not None:
+            conditions.insert(0, ComparisonFilter("user_id", "eq", owner))
+        if after is not None:
+            conditions.append(Older(after))
+
+        async def read() -> Page:
             async with autocommit_engine(self.db).connect() as connection:
-                return await read_page(connection, user_id, limit, offset)
+                if owner is not None and count and len(conditions) == 1:
+                    orders, total = await read_page(connection, owner, limit, offset)
+                    return Page(orders, total, offset + len(orders) < total)
+                return await read_filtered_page(connection, conditions, limit, offset, count=count)
 
         return await read_retrying(read)
 

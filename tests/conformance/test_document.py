@@ -42,7 +42,7 @@ def test_every_response_names_its_request_id(document: dict[str, Any]) -> None:
 
 def test_rate_limited_operations_declare_the_window_and_when_to_retry(document: dict[str, Any]) -> None:
     limited = {name: op for name, op in operations(document).items() if name not in UNLIMITED}
-    assert len(limited) == 10
+    assert len(limited) == 11
     for name, operation in limited.items():
         responses = operation["responses"]
         assert responses["429"]["content"]["application/problem+json"]["schema"] == problem_schema(name), name
@@ -69,14 +69,27 @@ def test_placing_declares_the_idempotency_key_and_where_the_order_is(document: d
     assert not created["Idempotent-Replayed"]["required"]
 
 
-@pytest.mark.parametrize("name", ["GET /orders", "GET /orders/user/{user_id}"])
-def test_pages_declare_the_total_and_their_bounds(document: dict[str, Any], name: str) -> None:
+@pytest.mark.parametrize("name", ["GET /orders", "GET /orders/user/{user_id}", "GET /orders/all"])
+def test_pages_declare_their_bounds_filters_and_next_page(document: dict[str, Any], name: str) -> None:
     listing = operations(document)[name]
 
-    assert listing["responses"]["200"]["headers"]["X-Total-Count"]["required"]
+    headers = listing["responses"]["200"]["headers"]
+    # Counted on a user's pages without a cursor only: every order's count would read them all.
+    assert ("X-Total-Count" in headers) == (name != "GET /orders/all")
+    assert not headers.get("X-Total-Count", {}).get("required")
+    assert not headers["Link"]["required"]
+    assert not headers["X-Next-Cursor"]["required"]
     bounds = {parameter["name"]: parameter["schema"] for parameter in listing["parameters"]}
     assert (bounds["limit"]["minimum"], bounds["limit"]["maximum"]) == (1, 100)
     assert (bounds["offset"]["minimum"], bounds["offset"]["maximum"]) == (0, 2**31 - 1)
+    assert bounds["cursor"]["pattern"] == "^[A-Za-z0-9_-]{34}$"
+    assert {"items": {"$ref": "#/components/schemas/OrderStatus"}, "type": "array"} in bounds["status"][
+        "oneOf"
+    ]
+    for instant in ("created_after", "created_before"):
+        assert {"type": "string", "format": "date-time"} in bounds[instant]["oneOf"]
+    query = {parameter["name"] for parameter in listing["parameters"] if parameter["in"] == "query"}
+    assert ("user_id" in query) == (name == "GET /orders/all")
 
 
 def test_errors_are_problem_documents_and_400_is_only_an_unreadable_body(document: dict[str, Any]) -> None:
