@@ -52,7 +52,6 @@ from app.retention import Retention, RetentionPlugin
 
 if TYPE_CHECKING:
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
-    from litestar.config.app import AppConfig
     from litestar.plugins import PluginProtocol
     from litestar.stores.registry import StoreRegistry
     from litestar.types import Middleware
@@ -68,16 +67,6 @@ async def docs() -> Redirect:
     return Redirect("/schema/swagger")
 
 
-class _Litestar(Litestar):
-    """Litestar, without the import of its OpenTelemetry plugin (and of OpenTelemetry, ~70 ms) that each app
-    makes to move an OpenTelemetry middleware listed among the middleware into a plugin: here it is a plugin
-    from the start, added only when tracing is on."""
-
-    @staticmethod
-    def _patch_opentelemetry_middleware(config: AppConfig) -> AppConfig:
-        return config
-
-
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     traced = start_tracing("api", instrument_amqp=bool(settings.amqp_url))  # before logging: see there
@@ -85,7 +74,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     services = Services.from_settings(settings)
     request_context = RequestContext()
     cors = _cors(settings)
-    return _Litestar(
+    return Litestar(
         route_handlers=[AccountController, OrderController, HealthController, docs, assets_router()],
         dependencies=services.dependencies(),
         plugins=[*_plugins(services), *_tracing_plugins(traced)],
