@@ -37,7 +37,8 @@ PRELOADED = (
     "structlog",
     "uuid_utils",
 )
-OPTIONAL_PRELOADED = ("litestar.plugins.pydantic",)  # Litestar loads it when pydantic is installed
+# Litestar loads these with every app when pydantic, or OpenTelemetry's ASGI instrumentation, is installed.
+OPTIONAL_PRELOADED = ("litestar.plugins.pydantic", "litestar.plugins.opentelemetry")
 
 
 def preload() -> None:
