@@ -236,18 +236,23 @@ async def read_page(
     are then asyncpg's own.
     """
     if connection.dialect.name == "postgresql":
-        driver: Any = (await connection.get_raw_connection()).driver_connection
-        try:
-            rows: Sequence[Any] = await driver.fetch(_PAGE_POSTGRESQL, user_id, limit, offset)
-        except Exception as exc:
-            if connection_lost(exc):  # as SQLAlchemy does for its own statements: never reuse it
-                await connection.invalidate(exc)
-            raise
+        rows: Sequence[Any] = await _fetch(connection, _PAGE_POSTGRESQL, user_id, limit, offset)
     else:
         rows = (await connection.execute(_PAGE, {"user_id": user_id, "limit": limit, "offset": offset})).all()
     if not rows:  # past the last page, the total has no row to ride on
         return [], await connection.scalar(_TOTAL, {"user_id": user_id}) or 0
     return [_page_row(row) for row in rows], rows[0][-1]
+
+
+async def _fetch(connection: AsyncConnection, sql: str, *args: Any) -> Sequence[Any]:
+    """The rows of asyncpg's ``sql``, run on the connection's driver directly. Its errors are asyncpg's."""
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    try:
+        return cast("Sequence[Any]", await driver.fetch(sql, *args))
+    except Exception as exc:
+        if connection_lost(exc):  # as SQLAlchemy does for its own statements: never reuse it
+            await connection.invalidate(exc)
+        raise
 
 
 def _page_row(row: Sequence[Any]) -> OrderRead:
@@ -324,3 +329,34 @@ async def read_filtered_page(
     if count:
         total = rows[0][-1] if rows else await connection.scalar(counted) or 0
     return Page([_page_row(row) for row in rows[:limit]], total, len(rows) > limit)
+
+
+# A user's page after a cursor, without filters: the plainest page of cursor paging, precompiled like _PAGE.
+_PAGE_AFTER = (
+    select(*_COLUMNS, null())
+    .where(
+        _orders.c.user_id == bindparam("user_id"),
+        tuple_(_orders.c.created_at, _orders.c.id)
+        < tuple_(
+            bindparam("created_at", type_=_orders.c.created_at.type), bindparam("id", type_=_orders.c.id.type)
+        ),
+    )
+    .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_page_after = _PAGE_AFTER.compile(dialect=asyncpg.dialect())  # type: ignore[no-untyped-call]
+_PAGE_AFTER_POSTGRESQL, _PAGE_AFTER_PARAMETERS = str(_page_after), tuple(_page_after.positiontup or ())
+
+
+async def read_page_after(connection: AsyncConnection, user_id: UUID, after: Position, limit: int) -> Page:
+    """The page of the user's orders after ``after``, newest first, not counted: ``read_filtered_page``
+    with no filter but the user and the cursor, on asyncpg directly as ``read_page`` (a page 5,000 deep
+    took ~1,550 µs of the API's CPU through SQLAlchemy, bench/profile.py S6)."""
+    values = {"user_id": user_id, "created_at": after.created_at, "id": after.id, "limit": limit + 1}
+    if connection.dialect.name == "postgresql":
+        rows = await _fetch(
+            connection, _PAGE_AFTER_POSTGRESQL, *(values[name] for name in _PAGE_AFTER_PARAMETERS)
+        )
+    else:
+        rows = (await connection.execute(_PAGE_AFTER, values)).all()
+    return Page([_page_row(row) for row in rows[:limit]], None, len(rows) > limit)

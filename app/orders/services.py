@@ -30,6 +30,7 @@ from app.orders.repositories import (
     Page,
     read_filtered_page,
     read_page,
+    read_page_after,
 )
 from app.orders.schemas import OrderCreate, OrderRead, Position
 from app.orders.status import check_transition
@@ -168,20 +169,18 @@ class OrderReader:
         """A page of the owner's orders (everyone's for None) that ``filters`` select, newest first, from
         ``offset`` or past ``after``; with how many they select in all if ``count``.
 
-        The plainest page, the hottest, is ``read_page``'s precompiled statement: a user's orders, counted,
-        without filters or cursor.
+        The plainest pages, the hottest, are precompiled statements: a user's orders without filters, counted
+        from an offset (``read_page``), or past a cursor (``read_page_after``).
         """
-        conditions = list(filters)
-        if owner is not None:
-            conditions.insert(0, ComparisonFilter("user_id", "eq", owner))
-        if after is not None:
-            conditions.append(Older(after))
 
         async def read() -> Page:
             async with autocommit_engine(self.db).connect() as connection:
-                if owner is not None and count and len(conditions) == 1:
+                if owner is not None and not filters and after is None and count:
                     orders, total = await read_page(connection, owner, limit, offset)
                     return Page(orders, total, offset + len(orders) < total)
+                if owner is not None and not filters and after is not None and not count and not offset:
+                    return await read_page_after(connection, owner, after, limit)
+                conditions = _conditions(owner, filters, after)
                 return await read_filtered_page(connection, conditions, limit, offset, count=count)
 
         return await read_retrying(read)
@@ -192,3 +191,11 @@ class OrderReader:
                 return await OrderRepository(session=session).get_one_or_none(id=order_id)
 
         return await read_retrying(read)
+
+
+def _conditions(
+    owner: UUID | None, filters: Sequence[StatementFilter], after: Position | None
+) -> list[StatementFilter]:
+    """What selects a page's orders: the owner's (if any), the filters, and past the cursor (if any)."""
+    owned = [ComparisonFilter("user_id", "eq", owner)] if owner is not None else []
+    return [*owned, *filters, *([Older(after)] if after is not None else [])]
