@@ -22,15 +22,18 @@ from collections.abc import Awaitable, Callable
 from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the app
 
 import uvloop
 from reference import bare, one_redis_get
+from run import DEPTH, insert_orders
 from stack import PASSWORD, Stack
 
 from app.api import create_app
 from app.config import Settings
+from app.orders.schemas import Position, encode_cursor
 
 ORDER = {
     "items": [
@@ -116,19 +119,41 @@ async def signed_up(client: Client, email: str) -> tuple[str, dict[str, str]]:
     return user["id"], {"authorization": f"Bearer {tokens['access_token']}"}
 
 
-async def api_scenarios(client: Client) -> dict[str, tuple[str, Request]]:
+async def api_scenarios(client: Client, stack: Stack) -> dict[str, tuple[str, Request]]:
     """The benchmark's scenarios, on an account seeded with 25 orders (S2 creates for another one, so that
-    the list S3 reads stays as it is)."""
+    the list S3 reads stays as it is), and S6 and S7 on one with ``DEPTH`` + 100."""
     user_id, auth = await signed_up(client, "reader@example.com")
     orders = [(await client.json("POST", "/orders", auth, ORDER))["id"] for _ in range(25)]
     _, creator = await signed_up(client, "creator@example.com")
     page = f"/orders/user/{user_id}"
+    deep, cursor = await deep_account(client, stack)
     return {
         "S1": ("GET /orders/{id} (cache hit)", client.request("GET", f"/orders/{orders[0]}", auth)),
         "S2": ("POST /orders", client.request("POST", "/orders", creator, ORDER)),
         "S3": ("GET /orders/user/{id}?limit=20", client.request("GET", page, auth, query="limit=20")),
         "S4": ("GET /health", client.request("GET", "/health")),
+        "S6": (
+            f"GET /orders?limit=20, {DEPTH:,} deep by cursor",
+            client.request("GET", "/orders", deep, query=f"limit=20&cursor={cursor}"),
+        ),
+        "S7": (
+            f"GET /orders?limit=20, {DEPTH:,} deep by offset",
+            client.request("GET", "/orders", deep, query=f"limit=20&offset={DEPTH}"),
+        ),
     }
+
+
+async def deep_account(client: Client, stack: Stack) -> tuple[dict[str, str], str]:
+    """An account with ``DEPTH`` + 100 orders: its Authorization header, and the cursor ``DEPTH`` deep."""
+    user_id, auth = await signed_up(client, "deep@example.com")
+    await insert_orders(stack, UUID(user_id), DEPTH + 100)
+    [last] = await stack.fetch(
+        "SELECT created_at, id FROM orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC "
+        "OFFSET $2 LIMIT 1",
+        UUID(user_id),
+        DEPTH - 1,
+    )
+    return auth, encode_cursor(Position(last["created_at"], last["id"]))
 
 
 async def run(stack: Stack, requests: int, only: set[str]) -> None:
@@ -145,7 +170,7 @@ async def run(stack: Stack, requests: int, only: set[str]) -> None:
             await row(key, f"reference: {title}", Client(reference).request("GET", "/"))
     app = create_app(Settings.from_env(stack.env))
     async with app.lifespan():
-        for key, (title, call) in (await api_scenarios(Client(app))).items():
+        for key, (title, call) in (await api_scenarios(Client(app), stack)).items():
             await row(key, title, call)
             await published(stack)
 

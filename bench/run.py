@@ -43,6 +43,16 @@ REFERENCES = {
 """Each reference's title, and its app in bench/reference.py."""
 FLOOR = {"S1": "R2", "S2": "R3", "S3": "R4"}
 """The reference each scenario's target is stated against: the same work with nothing else."""
+DEPTH = 5_000
+"""How deep S6 and S7 page, the same page of 20 by cursor and by offset."""
+INSERT_ORDERS = """
+INSERT INTO orders (id, user_id, items, total_price, status, version, created_at, updated_at, processed_at)
+SELECT gen_random_uuid(), $1, '[{"name": "Espresso beans", "quantity": 2, "price": "12.50"}]', 25.00,
+       'PENDING', 1, now() - n * interval '1 millisecond', now() - n * interval '1 millisecond', now()
+FROM generate_series(1, $2) AS n
+"""
+"""``$2`` processed orders of the user ``$1``, a millisecond apart: written in one statement, where the API
+would take a request each."""
 
 
 @dataclass
@@ -331,6 +341,21 @@ async def seed(stack: Stack) -> tuple[str, str, str]:
     return user_id, token, ids[0]
 
 
+async def seed_deep(stack: Stack) -> tuple[str, str]:
+    """A user with ``DEPTH`` + 100 orders: a token, and the cursor of the page ``DEPTH`` orders deep."""
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
+        user_id, token = await sign_up(http)
+        await insert_orders(stack, UUID(user_id), DEPTH + 100)
+        headers = {"Authorization": f"Bearer {token}"}
+        before = await http.get("/orders", params={"limit": 20, "offset": DEPTH - 20}, headers=headers)
+    return token, before.headers["X-Next-Cursor"]
+
+
+async def insert_orders(stack: Stack, user_id: UUID, count: int) -> None:
+    await stack.fetch(INSERT_ORDERS, user_id, count)
+    await stack.fetch("VACUUM ANALYZE orders")  # as autovacuum leaves it: statistics, the visibility map
+
+
 def reference_servers(stack: Stack) -> dict[str, tuple[Role, str]]:
     """The reference servers, not started yet: each one's role and URL."""
     servers = {}
@@ -351,9 +376,14 @@ async def start_references(servers: dict[str, tuple[Role, str]]) -> None:
 
 
 def scenarios_of(
-    servers: dict[str, tuple[Role, str]], api: str, seeded: tuple[str, str, str], creator_token: str
+    servers: dict[str, tuple[Role, str]],
+    api: str,
+    seeded: tuple[str, str, str],
+    creator_token: str,
+    deep: tuple[str, str],
 ) -> list[Scenario]:
     user_id, token, order_id = seeded
+    deep_token, cursor = deep
     url = {key: url for key, (_, url) in servers.items()}
     return [
         Scenario("R1", REFERENCES["R1"][0], url["R1"]),
@@ -366,6 +396,18 @@ def scenarios_of(
             "S3", "GET /orders/user/{id}?limit=20", f"{api}/orders/user/{user_id}?limit=20", token=token
         ),
         Scenario("S4", "GET /health", f"{api}/health"),
+        Scenario(
+            "S6",
+            f"GET /orders?limit=20, {DEPTH:,} deep by cursor",
+            f"{api}/orders?limit=20&cursor={cursor}",
+            token=deep_token,
+        ),
+        Scenario(
+            "S7",
+            f"GET /orders?limit=20, {DEPTH:,} deep by offset",
+            f"{api}/orders?limit=20&offset={DEPTH}",
+            token=deep_token,
+        ),
     ]
 
 
@@ -508,7 +550,8 @@ async def main(seconds: int, connections: int) -> None:
         async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
             _, creator_token = await sign_up(http)  # S2's orders don't grow the list S3 reads
         print(f"logs in {stack.logs}")
-        scenarios = scenarios_of(servers, stack.base_url, seeded, creator_token)
+        deep = await seed_deep(stack)
+        scenarios = scenarios_of(servers, stack.base_url, seeded, creator_token, deep)
         await http_runs(stack, scenarios, seconds, connections)
         rss_after = worker_rss(stack.api)
         print("S5 pipeline ...", flush=True)
