@@ -135,6 +135,10 @@ async def test_filters_by_status_and_creation_time_with_the_total_of_the_filtere
         assert after.headers["x-total-count"] == "3"
         assert ids(before) == newest_first[3:]
         assert ids(between) == [orders[1]["id"]]
+        past_the_end = await client.get(path, params={"status": "PAID", "offset": 2}, headers=alice.headers)
+        assert ids(past_the_end) == []
+        assert past_the_end.headers["x-total-count"] == "2"
+        assert next_url(past_the_end) is None
 
 
 async def test_an_offset_set_in_another_timezone_is_the_same_instant(client: Client, alice: Account) -> None:
@@ -308,12 +312,15 @@ async def test_paging_and_filters_run_on_the_embedded_default(settings: Settings
         paid = [order["id"] for order in reversed(orders) if order["status"] == "PAID"]
 
         pages = await every_page(client, "/orders", account, limit=2, status="PAID")
+        unfiltered = await every_page(client, "/orders", account, limit=2)
         by_time = await client.get(
             "/orders", params={"created_after": orders[0]["created_at"]}, headers=account.headers
         )
         offset = await client.get("/orders", params={"limit": 2, "offset": 1}, headers=account.headers)
 
     assert pages == [paid[:2], paid[2:]]
+    newest_first = [order["id"] for order in reversed(orders)]
+    assert unfiltered == [newest_first[:2], newest_first[2:4], newest_first[4:]]
     assert ids(by_time) == [order["id"] for order in reversed(orders[1:])]
     assert ids(offset) == [order["id"] for order in reversed(orders)][1:3]
     assert offset.headers["x-total-count"] == "5"
