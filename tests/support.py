@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -199,6 +200,37 @@ async def place_order(client: AsyncClient, account: Account, *prices: str) -> di
     response = await client.post("/orders", json=order_body(*(prices or ("10.00",))), headers=account.headers)
     assert response.status_code == 201, response.text
     return dict(response.json())
+
+
+PRODUCTION_ENVIRON = {
+    "APP_ENV": "production",
+    "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/orders",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+    "JWT_SECRET": "a-production-like-secret-of-more-than-32-characters",
+}
+"""A production process's environment, for a fresh interpreter that loads a role without connecting."""
+
+
+def fresh_interpreter(script: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    """``script`` run by a new interpreter in the project, in ``PRODUCTION_ENVIRON`` plus ``environ``:
+    nothing leaks in from the test run but PATH and HOME."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        **PRODUCTION_ENVIRON,
+        **environ,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def reported_by(script: str, **environ: str) -> Any:
+    """The JSON that ``script`` printed last, run by ``fresh_interpreter``; it must succeed."""
+    done = fresh_interpreter(script, **environ)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def free_port() -> int:

@@ -3,22 +3,10 @@ the worker's module (its settings, its Celery app), and the worker doesn't load 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION = {
-    "APP_ENV": "production",
-    "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/orders",
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
-    "JWT_SECRET": "a-production-like-secret-of-more-than-32-characters",
-}
+from tests.support import reported_by
+
 # What each role's process loads at start: the consumer's module and the Celery app it sends tasks with; the
 # worker's app, as `celery -A app.worker` finds it, with the modules a worker imports before it consumes.
 CONSUMER = """
@@ -40,17 +28,7 @@ WEB = ("app.asgi", "app.api", "app.serve", "app.dev")
 def modules_loaded_by(code: str) -> list[str]:
     """The ``app`` modules a fresh interpreter has loaded once ``code`` ran, in a production environment."""
     report = "import json, sys; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'app')))"
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **PRODUCTION}
-    done = subprocess.run(
-        [sys.executable, "-c", f"{code}\n{report}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    loaded: list[str] = reported_by(f"{code}\n{report}")
     return loaded
 
 

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from app.lib.tracing import traces_exporters, tracing_enabled
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import fresh_interpreter, reported_by
 
 
 @pytest.mark.parametrize(
@@ -44,13 +37,6 @@ def test_the_standard_environment_turns_tracing_on(environ: dict[str, str], expo
     assert tracing_enabled(environ) is bool(exporters)
 
 
-PRODUCTION = {
-    "APP_ENV": "production",
-    "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/orders",
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
-    "JWT_SECRET": "a-production-like-secret-of-more-than-32-characters",
-}
 REPORT = """
 import json, sys, app.asgi
 instrumentations = ("asyncpg", "redis", "aio_pika")
@@ -64,12 +50,7 @@ def opentelemetry_modules_loaded(**environ: str) -> list[str]:
     """The modules of OpenTelemetry's tracing SDK and of our instrumentations that a fresh interpreter has
     loaded once it built the API app (libraries import OpenTelemetry's API on their own: redis-py its metrics,
     Litestar its ASGI middleware)."""
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **PRODUCTION, **environ}
-    done = subprocess.run(
-        [sys.executable, "-c", REPORT], cwd=ROOT, env=env, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    loaded: list[str] = json.loads(done.stdout.splitlines()[-1])
+    loaded: list[str] = reported_by(REPORT, **environ)
     return loaded
 
 
@@ -87,15 +68,7 @@ def test_tracing_on_loads_the_sdk_and_the_instrumentations() -> None:
 
 
 def test_an_exporter_it_does_not_know_stops_the_api_with_the_reason() -> None:
-    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", **PRODUCTION, "OTEL_TRACES_EXPORTER": "zipkin"}
-    done = subprocess.run(
-        [sys.executable, "-c", "import app.asgi"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = fresh_interpreter("import app.asgi", OTEL_TRACES_EXPORTER="zipkin")
     assert done.returncode == 1
     assert "OTEL_TRACES_EXPORTER: unsupported exporter zipkin" in done.stderr
     assert "Traceback" not in done.stderr

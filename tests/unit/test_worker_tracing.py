@@ -3,23 +3,12 @@ off, the worker's code loads nothing of OpenTelemetry."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION = {
-    "APP_ENV": "production",
-    "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/orders",
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
-    "JWT_SECRET": "a-production-like-secret-of-more-than-32-characters",
-}
+from tests.support import reported_by
+
 # What a pool process goes through: the worker's app loaded (in the parent, before the fork), then Celery's
 # signals at the process's start and at its end.
 POOL_PROCESS = """
@@ -45,12 +34,7 @@ print(json.dumps({
 
 
 def pool_process(**environ: str) -> dict[str, Any]:
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **PRODUCTION, **environ}
-    done = subprocess.run(
-        [sys.executable, "-c", POOL_PROCESS], cwd=ROOT, env=env, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    report: dict[str, Any] = reported_by(POOL_PROCESS, **environ)
     return report
 
 
