@@ -8,7 +8,15 @@ import redis
 from httpx import AsyncClient
 
 from app.config import Settings
-from tests.support import REDIS_URL, delete_topology, migrated_database, serving, settings_for
+from tests.support import (
+    REDIS_URL,
+    Account,
+    delete_topology,
+    migrated_database,
+    serving,
+    settings_for,
+    signed_up,
+)
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +51,16 @@ def settings(database_url: str) -> Iterator[Settings]:
 async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
     async with serving(settings) as client:
         yield client
+
+
+@pytest.fixture
+async def alice(client: AsyncClient) -> Account:
+    return await signed_up(client)
+
+
+@pytest.fixture
+async def bob(client: AsyncClient) -> Account:
+    return await signed_up(client)
 
 
 def forget_redis_keys(prefix: str) -> None:

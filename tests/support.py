@@ -90,6 +90,16 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
     return Settings(**{**values, **overrides})
 
 
+def own_topology(database_url: str) -> Settings:
+    """Settings whose exchange and queues are the test's own (``delete_topology`` removes them)."""
+    suffix = uuid4().hex[:8]
+    return settings_for(
+        database_url,
+        events_exchange=f"orders-test-{suffix}",
+        celery_queue=f"orders-test-{suffix}.process_order",
+    )
+
+
 def same_stores(settings: Settings, **overrides: Any) -> Settings:
     """Another process of the same deployment: same database and Redis keys, possibly other settings."""
     return msgspec.structs.replace(settings, **overrides)

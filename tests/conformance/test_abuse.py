@@ -23,11 +23,6 @@ Client = AsyncClient
 FAST_SECONDS = 2.0  # a generous bound: refusing malformed input must not cost real work
 
 
-@pytest.fixture
-async def alice(client: Client) -> Account:
-    return await signed_up(client)
-
-
 async def timed(request: Any) -> tuple[Response, float]:
     started = time.perf_counter()
     response = await request

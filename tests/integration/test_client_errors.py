@@ -14,7 +14,7 @@ from httpx import AsyncClient, Response
 
 from app.api import MAX_BODY_BYTES
 from app.config import Settings
-from tests.support import JWT_SECRET, PASSWORD, Account, bearer, new_email, order_body, signed_up
+from tests.support import JWT_SECRET, PASSWORD, Account, bearer, new_email, order_body
 
 Client = AsyncClient
 
@@ -25,11 +25,6 @@ def problem(response: Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     return body
-
-
-@pytest.fixture
-async def alice(client: Client) -> Account:
-    return await signed_up(client)
 
 
 def registration() -> bytes:

@@ -29,16 +29,6 @@ Client = AsyncClient
 NEXT_LINK = re.compile(r'^<(?P<url>[^>]+)>; rel="next"$')
 
 
-@pytest.fixture
-async def alice(client: Client) -> Account:
-    return await signed_up(client)
-
-
-@pytest.fixture
-async def bob(client: Client) -> Account:
-    return await signed_up(client)
-
-
 async def make_admin(client: Client, database_url: str) -> Account:
     account = await register(client)
     await sql(database_url, "UPDATE user_account SET role = 'admin' WHERE id = $1", UUID(account.id))

@@ -16,16 +16,6 @@ from tests.support import Account, login, order_body, place_order, register, sam
 Client = AsyncClient
 
 
-@pytest.fixture
-async def alice(client: Client) -> Account:
-    return await signed_up(client)
-
-
-@pytest.fixture
-async def bob(client: Client) -> Account:
-    return await signed_up(client)
-
-
 async def test_placing_an_order_computes_the_total_on_the_server(client: Client, alice: Account) -> None:
     body = {
         "items": [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
-from uuid import uuid4
 
 import aio_pika
 import asyncpg
@@ -15,7 +14,15 @@ import pytest
 from app.config import Settings
 from app.lib.outbox import Outbox
 from tests.conftest import forget_redis_keys
-from tests.support import AMQP_URL, delete_topology, eventually, place_order, serving, settings_for, signed_up
+from tests.support import (
+    AMQP_URL,
+    delete_topology,
+    eventually,
+    own_topology,
+    place_order,
+    serving,
+    signed_up,
+)
 
 ORDERS = 20
 EVENTS_OF_USER = "SELECT id, sent_at FROM outbox WHERE convert_from(payload, 'UTF8')::jsonb->>'user_id' = $1"
@@ -24,10 +31,7 @@ EVENTS_OF_USER = "SELECT id, sent_at FROM outbox WHERE convert_from(payload, 'UT
 @pytest.fixture
 def deployment(database_url: str) -> Iterator[Settings]:
     """Its own exchange and queues (no consumer: published events stay in the queue), deleted at the end."""
-    suffix = uuid4().hex[:8]
-    settings = settings_for(
-        database_url, events_exchange=f"orders-test-{suffix}", celery_queue=f"orders-test-{suffix}.tasks"
-    )
+    settings = own_topology(database_url)
     yield settings
     forget_redis_keys(settings.redis_key_prefix)
     asyncio.run(delete_topology(settings))

@@ -37,11 +37,11 @@ from tests.support import (
     delete_topology,
     eventually,
     order_body,
+    own_topology,
     place_order,
     ready_in_queue,
     same_stores,
     serving,
-    settings_for,
     signed_up,
 )
 
@@ -51,12 +51,7 @@ UNREACHABLE_AMQP_URL = "amqp://guest:guest@127.0.0.1:1/"
 @pytest.fixture(scope="module")
 def deployment(database_url: str) -> Iterator[Settings]:
     """Settings of a deployment with its own exchange, queues and Redis keys, shared by this module."""
-    suffix = uuid4().hex[:8]
-    settings = settings_for(
-        database_url,
-        events_exchange=f"orders-test-{suffix}",
-        celery_queue=f"orders-test-{suffix}.process_order",
-    )
+    settings = own_topology(database_url)
     yield settings
     forget_redis_keys(settings.redis_key_prefix)
     asyncio.run(delete_topology(settings))
@@ -190,12 +185,7 @@ async def test_the_publisher_reaches_a_broker_down_at_its_start_or_lost_later_an
 async def test_a_refused_topology_is_declared_once_the_operator_fixed_it_and_events_go_out(
     database_url: str,
 ) -> None:
-    suffix = uuid4().hex[:8]
-    settings = settings_for(
-        database_url,
-        events_exchange=f"orders-test-{suffix}",
-        celery_queue=f"orders-test-{suffix}.process_order",
-    )
+    settings = own_topology(database_url)
     queue = f"{settings.events_exchange}.new_order"
     connection = await aio_pika.connect(AMQP_URL)
     async with connection, connection.channel() as channel:

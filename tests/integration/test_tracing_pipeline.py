@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -34,8 +34,8 @@ from tests.support import (
     delete_topology,
     eventually,
     free_port,
+    own_topology,
     place_order,
-    settings_for,
     signed_up,
     wait_until_healthy,
 )
@@ -175,12 +175,7 @@ class Stack:
 
 @pytest.fixture
 def deployment(database_url: str) -> Iterator[Settings]:
-    suffix = uuid4().hex[:8]
-    settings = settings_for(
-        database_url,
-        events_exchange=f"orders-test-{suffix}",
-        celery_queue=f"orders-test-{suffix}.process_order",
-    )
+    settings = own_topology(database_url)
     yield settings
     forget_redis_keys(settings.redis_key_prefix)
     asyncio.run(delete_topology(settings))
