@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -13,6 +14,7 @@ from tests.support import (
     Account,
     delete_topology,
     migrated_database,
+    own_topology,
     serving,
     settings_for,
     signed_up,
@@ -51,6 +53,22 @@ def settings(database_url: str) -> Iterator[Settings]:
 async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
     async with serving(settings) as client:
         yield client
+
+
+@contextmanager
+def deployed(database_url: str) -> Iterator[Settings]:
+    """A deployment's settings with its own exchange, queues and Redis keys, all removed at the end."""
+    settings = own_topology(database_url)
+    yield settings
+    forget_redis_keys(settings.redis_key_prefix)
+    asyncio.run(delete_topology(settings))
+
+
+@pytest.fixture
+def deployment(database_url: str) -> Iterator[Settings]:
+    """A test's own deployment (``deployed``); no consumer runs: published events stay in the queue."""
+    with deployed(database_url) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ relay: against the real PostgreSQL and RabbitMQ."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 
 import aio_pika
@@ -13,12 +12,9 @@ import pytest
 
 from app.config import Settings
 from app.lib.outbox import Outbox
-from tests.conftest import forget_redis_keys
 from tests.support import (
     AMQP_URL,
-    delete_topology,
     eventually,
-    own_topology,
     place_order,
     serving,
     signed_up,
@@ -26,15 +22,6 @@ from tests.support import (
 
 ORDERS = 20
 EVENTS_OF_USER = "SELECT id, sent_at FROM outbox WHERE convert_from(payload, 'UTF8')::jsonb->>'user_id' = $1"
-
-
-@pytest.fixture
-def deployment(database_url: str) -> Iterator[Settings]:
-    """Its own exchange and queues (no consumer: published events stay in the queue), deleted at the end."""
-    settings = own_topology(database_url)
-    yield settings
-    forget_redis_keys(settings.redis_key_prefix)
-    asyncio.run(delete_topology(settings))
 
 
 async def events_of(settings: Settings, user_id: str) -> list[asyncpg.Record]:

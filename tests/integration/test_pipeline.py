@@ -28,7 +28,7 @@ from app.lib.task_queue import celery_app
 from app.orders.events import NEW_ORDER
 from app.orders.processing import PROCESS_ORDER, PROCESS_ORDERS
 from app.orders.schemas import OrderCreate
-from tests.conftest import forget_redis_keys
+from tests.conftest import deployed, forget_redis_keys
 from tests.pipeline import BIN, ROOT, WORKER_PROCESSES, Pipeline, Role, process_env
 from tests.proxy import proxy_to
 from tests.support import (
@@ -51,10 +51,8 @@ UNREACHABLE_AMQP_URL = "amqp://guest:guest@127.0.0.1:1/"
 @pytest.fixture(scope="module")
 def deployment(database_url: str) -> Iterator[Settings]:
     """Settings of a deployment with its own exchange, queues and Redis keys, shared by this module."""
-    settings = own_topology(database_url)
-    yield settings
-    forget_redis_keys(settings.redis_key_prefix)
-    asyncio.run(delete_topology(settings))
+    with deployed(database_url) as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,10 @@ RabbitMQ."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import aio_pika
 import asyncpg
@@ -18,15 +16,13 @@ import pytest
 from app.config import Settings
 from app.lib import tracing
 from app.lib.outbox import Outbox
-from tests.conftest import forget_redis_keys
+from tests.conftest import deployed
 from tests.support import (
     AMQP_URL,
-    delete_topology,
     eventually,
     place_order,
     same_stores,
     serving,
-    settings_for,
     signed_up,
 )
 
@@ -63,12 +59,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
 @pytest.fixture
 def deployment(database_url: str, spans: InMemorySpanExporter) -> Iterator[Settings]:
     """Its own exchange and queues (no consumer: published messages stay in the queue), deleted at the end."""
-    suffix = uuid4().hex[:8]
-    settings = settings_for(database_url, events_exchange=f"orders-trace-{suffix}")
-    spans.clear()
-    yield settings
-    forget_redis_keys(settings.redis_key_prefix)
-    asyncio.run(delete_topology(settings))
+    with deployed(database_url) as settings:
+        spans.clear()
+        yield settings
 
 
 async def event_of(settings: Settings, order_id: str) -> asyncpg.Record:

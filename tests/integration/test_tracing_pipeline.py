@@ -11,7 +11,7 @@ import json
 import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,20 +21,16 @@ from uuid import UUID
 
 import asyncpg
 import httpx
-import pytest
 
 from app.config import Settings
-from tests.conftest import forget_redis_keys
 from tests.pipeline import BIN, ROOT, Role, process_env
 from tests.proxy import proxy_to
 from tests.support import (
     AMQP_URL,
     JWT_SECRET,
     Account,
-    delete_topology,
     eventually,
     free_port,
-    own_topology,
     place_order,
     signed_up,
     wait_until_healthy,
@@ -171,14 +167,6 @@ class Stack:
 
     def spans(self) -> list[Span]:
         return [span for role in self.roles for span in role.spans()]
-
-
-@pytest.fixture
-def deployment(database_url: str) -> Iterator[Settings]:
-    settings = own_topology(database_url)
-    yield settings
-    forget_redis_keys(settings.redis_key_prefix)
-    asyncio.run(delete_topology(settings))
 
 
 @asynccontextmanager
