@@ -109,17 +109,25 @@ PAGE_HEADERS = [TOTAL_COUNT, *NEXT_PAGE_HEADERS]
 
 
 class OrderPages(NamedTuple):
-    """The reader of pages, and the request's filters of them."""
+    """The reader of pages, and the page a request asks for: its filters, its size and where it starts."""
 
     reader: OrderReader
     filters: list[StatementFilter]
+    limit: int
+    offset: int
+    after: Position | None
 
 
 def provide_order_pages(
+    request: AuthRequest,
     order_reader: NamedDependency[OrderReader],
+    *,
     status: Statuses = None,
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    cursor: Cursor = None,
 ) -> OrderPages:
     """The filters of every list of orders, as advanced-alchemy's filter types, with the reader they go to.
 
@@ -136,7 +144,7 @@ def provide_order_pages(
     if created_after is not None or created_before is not None:
         after, before = _instant(created_after, "created_after"), _instant(created_before, "created_before")
         filters.append(BeforeAfter("created_at", before, after))
-    return OrderPages(order_reader, filters)
+    return OrderPages(order_reader, filters, limit, offset, _after(request, cursor))
 
 
 def _instant(value: datetime | None, name: str) -> datetime | None:
@@ -219,11 +227,8 @@ class OrderController(Controller):
         request: AuthRequest,
         *,
         pages: NamedDependency[OrderPages],
-        limit: Limit = 50,
-        offset: Offset = 0,
-        cursor: Cursor = None,
     ) -> Response[list[OrderRead]]:
-        return await _page(request, pages, request.user.user_id, limit=limit, offset=offset, cursor=cursor)
+        return await _page(request, pages, request.user.user_id)
 
     @get(
         "/user/{user_id:str}",
@@ -240,13 +245,10 @@ class OrderController(Controller):
         user_id: FromPath[UUID],
         *,
         pages: NamedDependency[OrderPages],
-        limit: Limit = 50,
-        offset: Offset = 0,
-        cursor: Cursor = None,
     ) -> Response[list[OrderRead]]:
         if not request.user.may_access(user_id):
             raise ForbiddenError("You may list your own orders only")
-        return await _page(request, pages, user_id, limit=limit, offset=offset, cursor=cursor)
+        return await _page(request, pages, user_id)
 
     # Before "/{order_id:str}" in the source for the reader; Litestar matches a literal segment first anyway.
     @get(
@@ -265,12 +267,9 @@ class OrderController(Controller):
         request: AuthRequest,
         *,
         pages: NamedDependency[OrderPages],
-        limit: Limit = 50,
-        offset: Offset = 0,
-        cursor: Cursor = None,
         user_id: Annotated[UUID | None, QueryParameter(description="Only this user's orders.")] = None,
     ) -> Response[list[OrderRead]]:
-        return await _page(request, pages, user_id, limit=limit, offset=offset, cursor=cursor, count=False)
+        return await _page(request, pages, user_id, count=False)
 
     @get(
         "/{order_id:str}",
@@ -315,18 +314,11 @@ class OrderController(Controller):
 
 
 async def _page(
-    request: AuthRequest,
-    pages: OrderPages,
-    owner: UUID | None,
-    *,
-    limit: int,
-    offset: int,
-    cursor: str | None,
-    count: bool = True,
+    request: AuthRequest, pages: OrderPages, owner: UUID | None, *, count: bool = True
 ) -> Response[list[OrderRead]]:
     """A page of the owner's orders (everyone's for None), counted on pages without a cursor if ``count``,
     with the next page's cursor and link if there is one."""
-    after = _after(request, cursor)
+    limit, offset, after = pages.limit, pages.offset, pages.after
     page = await pages.reader.page(owner, pages.filters, limit, offset, after, count=count and after is None)
     return Response(page.orders, headers=_page_headers(request, page))
 
