@@ -29,7 +29,7 @@ from app.lib.broker import AmqpPublisher
 from app.lib.cors import CORSRefusals
 from app.lib.db import sqlalchemy_config
 from app.lib.docs import assets_router, docs_router, render_plugins
-from app.lib.errors import problem_details_plugin
+from app.lib.errors import exception_handlers
 from app.lib.health import HealthController, ReadinessChecks
 from app.lib.logging import REQUEST_ID_HEADER, RequestContext, configure_logging
 from app.lib.media_types import require_declared_media_type
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         guards=[require_declared_media_type],  # a body in another media type than the route reads: 415
         # Hooks on every response, those the middleware never sees included (see RequestContext).
         before_send=[request_context.before_send, *([CORSRefusals(cors).before_send] if cors else [])],
+        exception_handlers=exception_handlers(),  # every error a problem document (app/lib/errors.py)
         stores=services.stores,
         cors_config=cors,
         openapi_config=_openapi(services.auth.openapi_components),
@@ -164,7 +165,6 @@ def _plugins(services: Services) -> list[PluginProtocol]:
         SQLAlchemyPlugin(config=services.db),
         OutboxPlugin(services.outbox),  # after the database's plugin: see OutboxPlugin
         RetentionPlugin(Retention.from_settings(services.db, services.settings)),  # likewise
-        problem_details_plugin(),
         StrictStructSchemaPlugin(),
         AccountsCLIPlugin(),
         EventsCLIPlugin(),

@@ -15,11 +15,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import ParameterKwarg
-from litestar.plugins.problem_details import (
-    ProblemDetailsConfig,
-    ProblemDetailsException,
-    ProblemDetailsPlugin,
-)
+from litestar.plugins.problem_details import ProblemDetailsException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,7 +23,7 @@ from app.lib.db import STORABLE_TEXT, database_unavailable, violates_constraint
 
 if TYPE_CHECKING:
     from litestar import Request, Response
-    from litestar.config.app import AppConfig
+    from litestar.types import ExceptionHandlersMap
 
 log = structlog.get_logger(__name__)
 
@@ -263,31 +259,27 @@ _CONVERTERS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
 }
 
 
-def problem_details_plugin() -> ProblemDetailsPlugin:
-    return _ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=_CONVERTERS))
+def exception_handlers() -> ExceptionHandlersMap:
+    """The app's exception handlers: every error becomes a problem document, through ``problem_response``.
 
-
-class _ProblemDetailsPlugin(ProblemDetailsPlugin):
-    """Litestar's plugin, with one handler that also sees the request: the route that failed tells what its
-    parameters are called, its body limit, and whether it is an OAuth2 token endpoint."""
-
-    def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        exc_types: list[type[Exception]] = [ProblemDetailsException, *_CONVERTERS]
-        for exc_type in exc_types:
-            app_config.exception_handlers[exc_type] = problem_response
-        return app_config
+    One handler for all, rather than Litestar's problem details plugin, whose converters see the exception
+    alone: the route that failed tells what its parameters are called, its body limit, and whether it is an
+    OAuth2 token endpoint."""
+    kinds: list[type[Exception]] = [ProblemDetailsException, *_CONVERTERS]
+    return dict.fromkeys(kinds, problem_response)
 
 
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     route_handler = request.scope.get("route_handler")  # none when no route matched
     handler = route_handler if isinstance(route_handler, HTTPRouteHandler) else None
-    problem_exc = _problem_for(exc, handler)
+    problem_exc = problem_for(exc, handler)
     if handler is not None and handler.opt.get(OAUTH2_ERRORS):
         problem_exc.extra = {**_extra(problem_exc), **_oauth2_fields(problem_exc)}
     return problem_exc.to_response(request)
 
 
-def _problem_for(exc: Exception, handler: HTTPRouteHandler | None) -> ProblemDetailsException:
+def problem_for(exc: Exception, handler: HTTPRouteHandler | None = None) -> ProblemDetailsException:
+    """The problem ``exc`` is, raised in ``handler``'s route (None: no route matched)."""
     if isinstance(exc, ProblemDetailsException):
         return exc
     if isinstance(exc, ValidationException) and handler is not None:

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
 from app.lib.db import connection_lost, database_unavailable
-from app.lib.errors import RETRY_AFTER_SECONDS, problem_details_plugin
+from app.lib.errors import RETRY_AFTER_SECONDS, problem_for
 
 
 def raised_from(error: Exception, cause: BaseException) -> Exception:
@@ -83,9 +83,7 @@ def test_only_a_connection_that_died_under_a_statement_is_lost() -> None:
 
 
 def answer(error: Exception) -> tuple[int, dict[str, str]]:
-    converters = problem_details_plugin().config.exception_to_problem_detail_map
-    converter = next(converters[kind] for kind in type(error).__mro__ if kind in converters)
-    problem = converter(error)
+    problem = problem_for(error)
     return problem.status_code, dict(problem.headers or {})
 
 
