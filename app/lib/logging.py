@@ -51,8 +51,12 @@ def configure_logging(*, level: str, as_json: bool) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer = _renderer(as_json)
+    # Replaced in place: a logger cached on its first use holds this very list, so it follows a later
+    # configuration (another app in the process, tracing started afterwards) instead of keeping the first.
+    processors = structlog.get_config()["processors"]
+    processors[:] = [*shared, structlog.processors.format_exc_info if as_json else _keep, renderer]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info if as_json else _keep, renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=_NamedLogger,
         cache_logger_on_first_use=True,
@@ -66,8 +70,7 @@ def configure_logging(*, level: str, as_json: bool) -> None:
 
 
 def reconfigure_logging() -> None:
-    """Configure logging again as it was last (tracing started after it: its ids join the lines). Loggers
-    bound before keep their processors."""
+    """Configure logging again as it was last (tracing started after it: its ids join the lines)."""
     if _configured:
         configure_logging(**_configured)
 

@@ -74,9 +74,9 @@ def start_tracing(
 ) -> bool:
     """Configure tracing for this process, if the environment turns it on; whether it is on.
 
-    Once per process (later calls change nothing). Call it before the role's connections are made, and
-    preferably before ``configure_logging``: lines then carry the trace id (a later start configures logging
-    again, but loggers bound before keep their processors). It instruments what every role uses:
+    Once per process (later calls change nothing). Call it before the role's connections are made; lines
+    carry the trace id whether logging was configured before or after (a later start configures it again).
+    It instruments what every role uses:
     PostgreSQL (asyncpg, which is also what SQLAlchemy's statements go through) and Redis; with
     ``instrument_amqp``, aio-pika too (the API's publisher and the consumer). Celery is the consumer's and
     worker's own to instrument (a prefork worker after the fork). ``exporter`` makes the exporter that

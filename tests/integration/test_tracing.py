@@ -157,8 +157,7 @@ async def test_an_order_s_request_its_sql_and_its_event_s_publication_are_one_tr
     assert parent_id(publish) == request_span_id
     # The message carries the publication's context, for the consumer to continue.
     assert headers["traceparent"] == f"00-{trace_id}-{ids(publish)[1]}-03"
-    # The request's log lines carry its trace id. (The access line: loggers that earlier tests of this
-    # process used keep their first processors, which a process that starts tracing first never sees.)
+    # The request's log lines carry its trace id (its access line, say).
     logged = capsys.readouterr().err.splitlines()
     assert any("request" in line and "POST" in line and f"trace_id={trace_id}" in line for line in logged)
 
