@@ -62,7 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key_ttl_seconds: PositiveInt = 24 * 3600
     retention_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     celery_broker_url: str = ""
-    celery_queue: str = "orders.process_order"
+    celery_queue: str = "orders.process_orders"
     worker_concurrency: PositiveInt = 8
     jwt_secret: str = DEVELOPMENT_JWT_SECRET
     jwt_issuer: str = "orders"

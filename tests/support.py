@@ -78,7 +78,7 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         "redis_key_prefix": f"test-{uuid4().hex}",
         "amqp_url": AMQP_URL,
         "events_exchange": f"orders-test-{TEST_RUN}",
-        "celery_queue": f"orders-test-{TEST_RUN}.process_order",
+        "celery_queue": f"orders-test-{TEST_RUN}.process_orders",
         "jwt_secret": JWT_SECRET,
         "argon2_time_cost": 1,
         "argon2_memory_cost_kib": 8,
@@ -96,7 +96,7 @@ def own_topology(database_url: str) -> Settings:
     return settings_for(
         database_url,
         events_exchange=f"orders-test-{suffix}",
-        celery_queue=f"orders-test-{suffix}.process_order",
+        celery_queue=f"orders-test-{suffix}.process_orders",
     )
 
 
@@ -106,13 +106,15 @@ def same_stores(settings: Settings, **overrides: Any) -> Settings:
 
 
 async def delete_topology(settings: Settings) -> None:
-    """Remove the exchanges and queues of ``settings``' deployment from RabbitMQ."""
+    """Remove the exchanges and queues of ``settings``' deployment from RabbitMQ, with their bindings (those
+    of Celery's native delayed delivery too). Celery's ``celery_delayed_*`` exchanges and queues are the
+    vhost's, shared by every deployment's worker: they stay."""
     connection = await aio_pika.connect(AMQP_URL)
     async with connection, connection.channel() as channel:
         exchange = settings.events_exchange
         for queue in (f"{exchange}.new_order", f"{exchange}.new_order.dead", settings.celery_queue):
             await channel.queue_delete(queue)
-        # Celery declares an exchange named after its queue.
+        # Celery declares a (topic) exchange named after its queue.
         for name in (exchange, f"{exchange}.dead", settings.celery_queue):
             await channel.exchange_delete(name)
 

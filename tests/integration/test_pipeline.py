@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import asyncpg
 import msgspec
 import pytest
 from httpx import AsyncClient
+from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
@@ -682,11 +684,41 @@ async def test_the_worker_retries_an_order_until_its_database_is_back(
             lambda: as_awaitable(len(outcomes(worker, task_id)) >= 2), "the task to be retried", within=30
         )
         assert all(" retry: " in outcome for outcome in outcomes(worker, task_id))
+        # Each retry waits out its backoff in RabbitMQ (native delayed delivery of the quorum queue), not
+        # unacknowledged in the worker, which holds no task for later.
+        await eventually(
+            lambda: waits_in_rabbitmq(deployment), "the retried task to wait in RabbitMQ", within=30
+        )
         database.restore()
         done = await processed(client, alice, order["id"], within=30)
 
     assert done["processed_at"] is not None
     assert [line["event"] for line in await logged_by(worker, order["id"])] == ["order processed"]
+
+
+async def waits_in_rabbitmq(settings: Settings) -> bool:
+    """Whether a task waits in one of Celery's delayed-delivery queues (shared by the vhost's workers) while
+    the deployment's worker holds none scheduled for later."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection, connection.channel() as channel:
+        delayed = [
+            await channel.declare_queue(level_name(level), passive=True) for level in range(MAX_LEVEL + 1)
+        ]
+    if not any(queue.declaration_result.message_count for queue in delayed):
+        return False
+    return not await asyncio.to_thread(scheduled_in_worker, settings)
+
+
+def scheduled_in_worker(settings: Settings) -> list[Any]:
+    """The tasks that the deployment's worker (its node named as tests.pipeline names it) holds for later."""
+    node = f"{settings.celery_queue}@{socket.gethostname()}"
+    celery = celery_app(settings)
+    try:
+        replies = celery.control.inspect(destination=[node], timeout=1).scheduled()
+    finally:
+        celery.close()
+    assert replies is not None, f"{node} did not answer"
+    return list(replies[node])
 
 
 @asynccontextmanager
