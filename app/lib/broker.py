@@ -22,7 +22,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.connection import make_url
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from aiormq.exceptions import AMQPError
 
 from app.lib import tracing
 
@@ -38,7 +38,10 @@ while a message that crashes its consumer every time still ends in the dead-lett
 REQUEST_ID_HEADER = "x-request-id"
 TRACEPARENT_HEADER = "traceparent"
 """W3C trace context, written by the aio-pika instrumentation when tracing is on."""
-BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, TimeoutError)
+BROKER_ERRORS = (AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError)
+"""What the broker going away raises. aiormq raises a plain ``RuntimeError`` ("<Connection …> closed") for a
+channel opened on a connection that is being cut, and ``ChannelInvalidStateError``, a ``RuntimeError`` too,
+for a closed channel."""
 REPLAY_STEP_TIMEOUT = 10.0
 """Seconds a replay waits for the broker at each step (connection, get, confirmed publication)."""
 
