@@ -30,6 +30,7 @@ def process_env(settings: Settings) -> dict[str, str]:
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "REDIS_TIMEOUT_SECONDS": str(settings.redis_timeout_seconds),
         "AMQP_URL": settings.amqp_url,
         "EVENTS_EXCHANGE": settings.events_exchange,
         "CELERY_QUEUE": settings.celery_queue,

@@ -41,6 +41,11 @@ def worker_app(settings: Settings) -> Celery:
         # Acknowledge after the task ran, and hand it back if the worker process dies mid-task.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A task running when the broker connection is lost runs to its end (its commit, cache refresh and
+        # log lines), though its ack can't be sent any more: RabbitMQ delivers the task again, which then
+        # changes nothing. Cancelling it (Celery 6's default) could stop it between its commit and its cache
+        # refresh, which the next run, finding the orders processed, would not make: a stale cache entry.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # Each task is a batch of up to CONSUMER_BATCH_SIZE orders: one in hand per process beyond the one
         # running keeps every process busy.
         worker_prefetch_multiplier=2,
