@@ -23,6 +23,11 @@ CONNECT_TIMEOUT_SECONDS = 5
 """How long opening a PostgreSQL connection may take (asyncpg waits 60 s): a database that doesn't answer is
 a 503 within seconds, not a request hanging for a minute."""
 
+COMMAND_TIMEOUT_SECONDS = 5
+"""How long a statement may wait for its answer (asyncpg waits for ever): a database that stopped answering on
+a connection already open (a host cut off, or powered off without closing its connections) is a 503 within
+seconds, not a request hanging until TCP gives up. Every statement of the service takes milliseconds."""
+
 UNAVAILABLE_ERRORS = (
     OperationalError,
     InterfaceError,
@@ -62,7 +67,9 @@ def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncC
     return SQLAlchemyAsyncConfig(
         connection_string=database_url,
         engine_config=EngineConfig(
-            pool_size=pool_size, max_overflow=0, connect_args={"timeout": CONNECT_TIMEOUT_SECONDS}
+            pool_size=pool_size,
+            max_overflow=0,
+            connect_args={"timeout": CONNECT_TIMEOUT_SECONDS, "command_timeout": COMMAND_TIMEOUT_SECONDS},
         )
         if pooled
         else EngineConfig(),
