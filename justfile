@@ -57,17 +57,22 @@ test *args:
 conformance *args:
     uv run pytest tests/conformance {{args}}
 
-# Lint, and type-check app, tests, bench and db (mypy strict, set up in pyproject.toml).
+# Lint, and type-check app, tests, bench, db and cluster (mypy strict, set up in pyproject.toml).
 lint:
-    uv run ruff check app tests db bench
-    uv run ruff format --check app tests db bench
+    uv run ruff check app tests db bench cluster
+    uv run ruff format --check app tests db bench cluster
     uv run mypy
 
 # Format the code and apply safe lint fixes.
 fmt:
-    uv run ruff format app tests db bench
-    uv run ruff check --fix app tests db bench
+    uv run ruff format app tests db bench cluster
+    uv run ruff check --fix app tests db bench cluster
 
 # Fetch the API docs' bundles (Swagger UI, Redoc, Scalar) at the versions pinned in app/lib/docs.py.
 docs-assets:
     uv run python -m app.lib.docs_refresh
+
+# A cluster of hosts on this machine (network namespaces; needs root): `just cluster up`, `status [--json]`,
+# `kill NAME`, `start NAME`, `partition NAME [PEER...]`, `heal NAME`, `deploy`, `down` (see README).
+cluster *args:
+    @uv run python -m cluster {{args}}
