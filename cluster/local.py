@@ -23,6 +23,7 @@ from cluster.servers import (
     RabbitMQ,
     http_json,
     in_namespace,
+    uv,
     wait_until,
 )
 
@@ -130,11 +131,15 @@ class LocalCluster:
 
     def down(self) -> None:
         """Kill every process of every host, remove the hosts, the bridge and the data: the machine as it
-        was."""
+        was, which it checks."""
         for host in self.hosts:
             network.remove_host(host)
         network.remove_bridge(self.network)
         shutil.rmtree(self.directory, ignore_errors=True)
+        left = [host.netns for host in self.hosts if network.exists(host)]
+        left += [self.network.bridge] if network.bridge_exists(self.network) else []
+        if left:
+            raise RuntimeError(f"cluster down left {', '.join(left)} behind")
 
     # -- faults
 
@@ -257,7 +262,7 @@ class LocalCluster:
         if not exists.strip():
             _psql(primary, f"CREATE DATABASE {DATABASE}")
         env = {**os.environ, **self.role_environment()}
-        subprocess.run(["uv", "run", "--frozen", "just", "migrate"], cwd=ROOT, env=env, check=True)
+        subprocess.run([uv(), "run", "--frozen", "just", "migrate"], cwd=ROOT, env=env, check=True)
 
     def deploy(self, log: Callable[[str], None] = print) -> None:
         """Migrate, then restart the API hosts one at a time: each is drained at the load balancer (no new

@@ -75,8 +75,12 @@ def exists(host: Host) -> bool:
     return Path("/run/netns", host.netns).exists()
 
 
+def bridge_exists(network: Network) -> bool:
+    return ip("link", "show", network.bridge, check=False).returncode == 0
+
+
 def create_bridge(network: Network) -> None:
-    if ip("link", "show", network.bridge, check=False).returncode != 0:
+    if not bridge_exists(network):
         ip("link", "add", network.bridge, "type", "bridge")
         ip("addr", "add", f"{network.bridge_address}/24", "dev", network.bridge)
     ip("link", "set", network.bridge, "up")

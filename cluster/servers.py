@@ -307,14 +307,8 @@ class Recipe:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as output:
             output.write(f"{START_MARK} {time.strftime('%H:%M:%S')}\n")
-        argv = [
-            _uv(),
-            "run",
-            "--frozen",
-            "just",
-            self.name,
-            *(arg.format(host=host.name) for arg in self.args),
-        ]
+        args = [arg.format(host=host.name) for arg in self.args]
+        argv = [uv(), "run", "--frozen", "just", self.name, *args]
         spawn(host, argv, log, env={"HOME": os.environ.get("HOME", "/root"), **layout.role_environment()})
 
     def log(self, layout: Layout, host: Host) -> Path:
@@ -362,8 +356,9 @@ class Processing:
         )
 
 
-def _uv() -> str:
-    found = shutil.which("uv")
+def uv() -> str:
+    """The uv that runs this process (``uv run`` says which in ``UV``), else the one on PATH."""
+    found = os.environ.get("UV") or shutil.which("uv")
     if found is None:
         raise RuntimeError("uv is not on PATH")
     return found
