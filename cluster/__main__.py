@@ -63,8 +63,11 @@ def _print_status(cluster: LocalCluster, *, as_json: bool) -> None:
         return
     print(f"load balancer: {status['url']}   primary: {status['primary'] or '-'}")
     for host in status["hosts"]:
-        extra = host.get("replication") or ""
+        extra = host.get("replication") or ", ".join(host.get("cut_from", []))
         print(f"  {host['name']:<8} {host['role']:<14} {host['address']:<12} {host['state']:<12} {extra}")
+    print("the roles' settings (and JWT_SECRET):")
+    for name, value in status["settings"].items():
+        print(f"  {name}={value}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 from cluster import network
 from cluster.network import Cut, Host, Network
 from cluster.servers import (
+    NO_DOTENV,
     PATRONI_PORT,
     ROOT,
     SERVERS,
@@ -262,7 +263,9 @@ class LocalCluster:
         if not exists.strip():
             _psql(primary, f"CREATE DATABASE {DATABASE}")
         env = {**os.environ, **self.role_environment()}
-        subprocess.run([uv(), "run", "--frozen", "just", "migrate"], cwd=ROOT, env=env, check=True)
+        subprocess.run(
+            [uv(), "run", "--frozen", "just", *NO_DOTENV, "migrate"], cwd=ROOT, env=env, check=True
+        )
 
     def deploy(self, log: Callable[[str], None] = print) -> None:
         """Migrate, then restart the API hosts one at a time: each is drained at the load balancer (no new

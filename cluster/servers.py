@@ -289,6 +289,9 @@ def _fallbacks(hosts: list[Host], port: int) -> str:
     return "\n".join(f"    server {host.name}-fallback {host.address}:{port} backup" for host in hosts)
 
 
+NO_DOTENV = ("--dotenv-path", "/dev/null")
+"""just's options that keep a developer's .env (which names the machine's own services) from the hosts: they
+get the cluster's settings alone."""
 START_MARK = "== started by cluster"
 """Written to a role's log before each start: what the role logs after the last mark is this run's."""
 
@@ -308,7 +311,7 @@ class Recipe:
         with log.open("a") as output:
             output.write(f"{START_MARK} {time.strftime('%H:%M:%S')}\n")
         args = [arg.format(host=host.name) for arg in self.args]
-        argv = [uv(), "run", "--frozen", "just", self.name, *args]
+        argv = [uv(), "run", "--frozen", "just", *NO_DOTENV, self.name, *args]
         spawn(host, argv, log, env={"HOME": os.environ.get("HOME", "/root"), **layout.role_environment()})
 
     def log(self, layout: Layout, host: Host) -> Path:

@@ -23,6 +23,8 @@ from tests.support import PASSWORD, new_email
 RETRIED_STATUSES = {502, 503, 504}
 REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_RETRY_WAIT_SECONDS = 5.0
+LOAD_BALANCER_503 = "No API host can take the request now"
+"""The load balancer's own 503 (cluster/templates/haproxy.cfg), told apart from the API's."""
 
 
 @dataclass
@@ -192,6 +194,8 @@ class SteadyLoad:
         status = str(response.status_code)
         if response.status_code == 503 and "retry-after" not in response.headers:
             status += " without Retry-After"
+        if response.status_code == 503 and LOAD_BALANCER_503 in response.text:
+            status = "lb-503"  # no API host took it
         self.figures.answers[f"{operation} {status}"] += 1
         return response
 
