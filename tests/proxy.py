@@ -22,7 +22,8 @@ class Proxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``.
 
     ``cut()`` drops every open connection and closes the port, so new connections are refused, until
-    ``restore()``. ``hold()`` lets connections in but forwards nothing until ``release()``.
+    ``restore()``. ``hold()`` lets connections in but forwards nothing, on new connections or open ones, until
+    ``release()``: a host that stopped answering without closing anything.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -92,7 +93,9 @@ class Proxy:
             return
         self._open.add(server_writer)
         await asyncio.gather(
-            _pipe(client_reader, server_writer), _pipe(server_reader, client_writer), return_exceptions=True
+            _pipe(client_reader, server_writer, self._released),
+            _pipe(server_reader, client_writer, self._released),
+            return_exceptions=True,
         )
         for writer in (client_writer, server_writer):
             self._open.discard(writer)
@@ -109,9 +112,10 @@ async def _end_connections() -> None:
     await asyncio.gather(*handling, return_exceptions=True)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, released: asyncio.Event) -> None:
     with suppress(OSError):
         while data := await reader.read(65536):
+            await released.wait()
             writer.write(data)
             await writer.drain()
     writer.transport.abort()  # one side gone: the other goes too, as with a broken network path

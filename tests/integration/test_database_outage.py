@@ -17,6 +17,7 @@ import pytest
 import structlog
 from httpx import AsyncClient, Response
 
+from app.lib.db import COMMAND_TIMEOUT_SECONDS, CONNECT_TIMEOUT_SECONDS
 from app.lib.errors import RETRY_AFTER_SECONDS
 from tests.proxy import Proxy, proxy_to
 from tests.support import (
@@ -110,6 +111,30 @@ async def test_the_api_recovers_by_itself_once_the_database_is_back(outage: Outa
         "list": 200,
         "status change": 200,
     }
+
+
+async def test_a_database_that_stops_answering_on_open_connections_is_a_503_not_a_hang(
+    outage: Outage,
+) -> None:
+    """A host cut off from PostgreSQL, or a primary that lost power, closes nothing: statements on the pool's
+    open connections get no answer. A request gives up after the statement timeout, with a 503."""
+    headers = bearer(outage.account.tokens["access_token"])
+    outage.proxy.hold()
+    try:
+        within = (
+            COMMAND_TIMEOUT_SECONDS + CONNECT_TIMEOUT_SECONDS + 5
+        )  # rather than hang, should it never end
+        listed = await asyncio.wait_for(outage.client.get("/orders", headers=headers), within)
+        created = await asyncio.wait_for(
+            outage.client.post("/orders", json=order_body("1.00"), headers=headers), within
+        )
+    finally:
+        outage.proxy.release()
+    assert_unavailable(listed)
+    assert_unavailable(created)
+    answers = await every_route(outage)
+    assert answers["create"].status_code == 201
+    assert answers["list"].status_code == 200
 
 
 async def test_creates_during_an_outage_are_201_or_503_and_a_retry_loses_nothing(outage: Outage) -> None:
