@@ -224,6 +224,32 @@ PRODUCTION_ENVIRON = {
 """A production process's environment, for a fresh interpreter that loads a role without connecting."""
 
 
+def clean_env(**values: str) -> dict[str, str]:
+    """Only what a fresh shell has, plus ``values``: nothing leaks in from the test run's environment."""
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **values}
+
+
+def production_api_env(port: int, database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of `just serve` (``python -m app.serve``: granian, two workers, production settings)
+    on ``port``, with the machine's services, Redis keys of its own and cheap Argon2; ``settings`` on top."""
+    production = {
+        "APP_ENV": "production",
+        "PORT": str(port),
+        "METRICS_PORT": "0",  # any free port: several APIs may run on this host
+        "WORKERS": "2",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL,
+        "REDIS_KEY_PREFIX": f"test-api-{port}",
+        "AMQP_URL": AMQP_URL,
+        "EVENTS_EXCHANGE": f"orders-test-{TEST_RUN}",
+        "JWT_SECRET": JWT_SECRET,
+        "ARGON2_MEMORY_COST_KIB": "8",
+        "ARGON2_TIME_COST": "1",
+        "ARGON2_PARALLELISM": "1",
+    }
+    return clean_env(**{**production, **settings})
+
+
 def fresh_interpreter(script: str, **environ: str) -> subprocess.CompletedProcess[str]:
     """``script`` run by a new interpreter in the project, in ``PRODUCTION_ENVIRON`` plus ``environ``:
     nothing leaks in from the test run but PATH and HOME."""

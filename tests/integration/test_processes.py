@@ -23,25 +23,18 @@ from sqlalchemy.engine import Engine
 from app.config import Settings
 from tests.conftest import forget_redis_keys
 from tests.support import (
-    AMQP_URL,
-    JWT_SECRET,
     PASSWORD,
-    REDIS_URL,
     ROOT,
-    TEST_RUN,
+    clean_env,
     eventually,
     free_port,
     new_email,
+    production_api_env,
     serving,
     wait_until_healthy,
 )
 
 BIN = Path(sys.executable).parent
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    """Only what a fresh shell has, plus ``values``: nothing leaks in from the test run's environment."""
-    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **values}
 
 
 def migrate_embedded_database(directory: Path) -> None:
@@ -228,25 +221,7 @@ def test_just_dev_serves_nothing_when_the_migration_fails(tmp_path: Path) -> Non
 def production_api(database_url: str, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`just serve`: ``python -m app.serve`` (granian, two workers) with production settings."""
     port = free_port()
-    prefix = f"test-api-{port}"
-    env = clean_env(
-        **{
-            "APP_ENV": "production",
-            "PORT": str(port),
-            "METRICS_PORT": "0",  # any free port: several APIs may run on this host
-            "WORKERS": "2",
-            "DATABASE_URL": database_url,
-            "REDIS_URL": REDIS_URL,
-            "REDIS_KEY_PREFIX": prefix,
-            "AMQP_URL": AMQP_URL,
-            "EVENTS_EXCHANGE": f"orders-test-{TEST_RUN}",
-            "JWT_SECRET": JWT_SECRET,
-            "ARGON2_MEMORY_COST_KIB": "8",
-            "ARGON2_TIME_COST": "1",
-            "ARGON2_PARALLELISM": "1",
-            **settings,
-        }
-    )
+    env = production_api_env(port, database_url, **settings)
     server = subprocess.Popen(
         [BIN / "python", "-m", "app.serve"],
         cwd=ROOT,
@@ -264,7 +239,7 @@ def production_api(database_url: str, **settings: str) -> Iterator[tuple[str, su
         if server.poll() is None:
             server.terminate()
             server.wait(timeout=60)
-        forget_redis_keys(prefix)
+        forget_redis_keys(env["REDIS_KEY_PREFIX"])
 
 
 @pytest.fixture

@@ -33,15 +33,12 @@ import httpx
 from app.serve import SHUTDOWN_GRACE_SECONDS
 from tests.conftest import forget_redis_keys
 from tests.support import (
-    AMQP_URL,
-    JWT_SECRET,
     PASSWORD,
-    REDIS_URL,
     ROOT,
-    TEST_RUN,
     free_port,
     new_email,
     order_body,
+    production_api_env,
     wait_until_healthy,
 )
 
@@ -96,26 +93,14 @@ class Instance:
         self.reader.start()
 
     def environment(self, database_url: str) -> dict[str, str]:
-        return {
-            "PATH": os.environ["PATH"],
-            "HOME": os.environ.get("HOME", "/tmp"),
-            "APP_ENV": "production",
-            "PORT": str(self.port),
-            "METRICS_PORT": "0",
-            "WORKERS": "2",
-            "DATABASE_URL": database_url,
-            "DATABASE_POOL_SIZE": "5",
-            "REDIS_URL": REDIS_URL,
-            "REDIS_KEY_PREFIX": self.prefix,
-            "AMQP_URL": AMQP_URL,
-            "EVENTS_EXCHANGE": f"orders-test-{TEST_RUN}",
-            "JWT_SECRET": JWT_SECRET,
-            "ARGON2_MEMORY_COST_KIB": "8",
-            "ARGON2_TIME_COST": "1",
-            "ARGON2_PARALLELISM": "1",
-            "RATE_LIMIT": "100000/minute",
-            "AUTH_RATE_LIMIT": "1000/minute",
-        }
+        return production_api_env(
+            self.port,
+            database_url,
+            DATABASE_POOL_SIZE="5",
+            REDIS_KEY_PREFIX=self.prefix,
+            RATE_LIMIT="100000/minute",
+            AUTH_RATE_LIMIT="1000/minute",
+        )
 
     def read_stderr(self) -> None:
         assert self.process.stderr is not None
