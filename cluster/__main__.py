@@ -65,7 +65,7 @@ def _print_status(cluster: LocalCluster, *, as_json: bool) -> None:
     for host in status["hosts"]:
         extra = host.get("replication") or ", ".join(host.get("cut_from", []))
         print(f"  {host['name']:<8} {host['role']:<14} {host['address']:<12} {host['state']:<12} {extra}")
-    print("the roles' settings (and JWT_SECRET):")
+    print(f"the roles' settings (and JWT_SECRET, in {cluster.directory / 'jwt_secret'}):")
     for name, value in status["settings"].items():
         print(f"  {name}={value}")
 
