@@ -106,7 +106,7 @@ class Stack:
         self.database = f"orders_bench_{self.suffix}"
         self.database_url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{self.database}"
         self.exchange = f"orders-bench-{self.suffix}"
-        self.queue = f"{self.exchange}.process_order"
+        self.queue = f"{self.exchange}.process_orders"
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
             "PATH": os.environ["PATH"],
