@@ -176,9 +176,8 @@ class LocalCluster:
     def _cuts(self, host: Host, peer: str) -> list[Cut]:
         if peer not in SERVICES:
             return [Cut(host, self.host(peer))]
-        role = {"postgresql": "postgresql", "rabbitmq": "rabbitmq", "redis": "redis"}[peer]
-        servers = [Cut(host, server) for server in self.role_hosts(role)]
-        if peer == "redis":
+        servers = [Cut(host, server) for server in self.role_hosts(peer)]  # roles named as their services
+        if peer == "redis":  # reached directly, not through the load balancer
             return servers
         return [*servers, Cut(host, self.load_balancer, SERVICES[peer])]
 
@@ -218,9 +217,6 @@ class LocalCluster:
             return "partitioned"
         return "up" if SERVERS[host.role].up(self, host) else "failing"
 
-    def all_up(self) -> bool:
-        return all(self.state(host) == "up" for host in self.hosts)
-
     def primary(self) -> Host | None:
         """The PostgreSQL host Patroni calls the primary, if one is."""
         for host in self.role_hosts("postgresql"):
@@ -238,7 +234,7 @@ class LocalCluster:
             primary = self.primary()
             if primary is None:
                 return False
-            status, body = _patroni(primary, "/cluster")
+            status, body = http_json(f"http://{primary.address}:{PATRONI_PORT}/cluster")
             roles = sorted(str(member.get("role")) for member in body.get("members", [])) if status else []
             return roles == ["leader", "sync_standby"]
 
@@ -290,8 +286,14 @@ class LocalCluster:
         """SIGTERM to granian's main process, as a container runtime sends it; returns once the host's
         processes have all ended."""
         host = self.host(name)
-        for pid, command in network.commands(host):
-            if "app.serve" in command and "python" in command.split()[0]:
+        # The interpreter running app.serve whose parent doesn't (uv's child, not one of its workers).
+        serving = {
+            process.pid: process.parent
+            for process in network.processes(host)
+            if Path(process.command[0]).name.startswith("python") and "app.serve" in process.command
+        }
+        for pid, parent in serving.items():
+            if parent not in serving:
                 os.kill(pid, signal.SIGTERM)
         wait_until(lambda: not network.pids(host), f"{name} to stop", STOP_GRACE_SECONDS)
 
@@ -330,10 +332,6 @@ def _all(pool: ThreadPoolExecutor, work: Callable[[Any], None], items: list[Any]
     """Run ``work`` on every item side by side; raise the first error once all ended."""
     for future in [pool.submit(work, item) for item in items]:
         future.result()
-
-
-def _patroni(host: Host, path: str) -> tuple[int, Any]:
-    return http_json(f"http://{host.address}:{PATRONI_PORT}{path}")
 
 
 def _psql(host: Host, sql: str) -> str:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 NETNS_DIR = Path("/etc/netns")
 
@@ -116,14 +117,22 @@ def pids(host: Host) -> list[int]:
     return [int(pid) for pid in listed.split()]
 
 
-def commands(host: Host) -> list[tuple[int, str]]:
-    """Each process of the host with its command line."""
+class Process(NamedTuple):
+    pid: int
+    parent: int
+    command: list[str]
+
+
+def processes(host: Host) -> list[Process]:
+    """Each process of the host, with its parent and its command line."""
     found = []
     for pid in pids(host):
         try:
-            found.append((pid, Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()))
-        except OSError:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError):
             continue  # it ended meanwhile
+        found.append(Process(pid, parent, command))
     return found
 
 

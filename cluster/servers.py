@@ -20,7 +20,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Protocol
 
-from cluster.network import Host, Network, commands
+from cluster.network import Host, Network, processes
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -351,7 +351,7 @@ class Processing:
         WORKER.start(layout, host)
 
     def up(self, layout: Layout, host: Host) -> bool:
-        running = " ".join(command for _, command in commands(host))
+        running = " ".join(" ".join(process.command) for process in processes(host))
         return (
             "app.consumer" in running
             and "celery" in running
