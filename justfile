@@ -72,7 +72,7 @@ fmt:
 docs-assets:
     uv run python -m app.lib.docs_refresh
 
-# A cluster of hosts on this machine (network namespaces; needs root): `just cluster up`, `status [--json]`,
-# `kill NAME`, `start NAME`, `partition NAME [PEER...]`, `heal NAME`, `deploy`, `down` (see README).
+# `up`, `status [--json]`, `kill NAME`, `start NAME`, `partition NAME [PEER...]`, `heal NAME`, `deploy`, `down`.
+# A cluster of hosts on this machine, as network namespaces (root): up, status, kill, deploy... (see README).
 cluster *args:
     @uv run python -m cluster {{args}}
