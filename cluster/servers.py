@@ -39,8 +39,6 @@ class Layout(Protocol):
 
     def role_hosts(self, role: str) -> list[Host]: ...
 
-    def host(self, name: str) -> Host: ...
-
     def role_environment(self) -> dict[str, str]: ...
 
 
@@ -61,11 +59,10 @@ def spawn(
     """Start ``argv`` in the host's namespace, in a session of its own, so it outlives the command that
     started it; ``cluster kill`` finds it by its namespace."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    as_user = ["runuser", "-u", user, "--"] if user else []
     environment = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", **(env or {})}
     with log.open("ab") as output:
         subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, *as_user, *argv],
+            _on(host, user, argv),
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -77,9 +74,8 @@ def spawn(
 
 def in_namespace(host: Host, argv: list[str], *, user: str | None = None, timeout: float = 60) -> str:
     """Run ``argv`` in the host's namespace and return what it printed; raise if it fails."""
-    as_user = ["runuser", "-u", user, "--"] if user else []
     done = subprocess.run(
-        ["ip", "netns", "exec", host.netns, *as_user, *argv],
+        _on(host, user, argv),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -88,6 +84,12 @@ def in_namespace(host: Host, argv: list[str], *, user: str | None = None, timeou
     if done.returncode != 0:
         raise RuntimeError(f"{host.name}: {' '.join(argv)} failed: {done.stderr or done.stdout}")
     return done.stdout
+
+
+def _on(host: Host, user: str | None, argv: list[str]) -> list[str]:
+    """``argv`` run in the host's namespace, as ``user`` if given."""
+    as_user = ["runuser", "-u", user, "--"] if user else []
+    return ["ip", "netns", "exec", host.netns, *as_user, *argv]
 
 
 def render(template: str, destination: Path, **values: object) -> None:
