@@ -167,8 +167,8 @@ def remove_bridge(network: Network) -> None:
 def cut(between: Cut) -> None:
     """Drop the traffic both ways: a blackhole rule in each namespace, for the other's address (and the
     port, on the side that connects to it, or replies from it)."""
-    for rule in _rules(between):
-        ip(*rule[:3], "add", *rule[3:])
+    for netns, selectors in _rules(between):
+        ip("-n", netns, "rule", "add", *selectors, "blackhole")
 
 
 def heal(host: Host, everyone: Sequence[Host]) -> None:
@@ -190,14 +190,14 @@ def cut_off(host: Host) -> list[str]:
     ]
 
 
-def _rules(between: Cut) -> list[list[str]]:
+def _rules(between: Cut) -> list[tuple[str, list[str]]]:
+    """Each side's namespace and the selectors of its rule."""
     client, server, port = between.client, between.server, between.port
-    outward = ["-n", client.netns, "rule", "to", f"{server.address}/32"]
-    inward = ["-n", server.netns, "rule", "to", f"{client.address}/32"]
+    outward, inward = ["to", f"{server.address}/32"], ["to", f"{client.address}/32"]
     if port is not None:
         outward += ["ipproto", "tcp", "dport", str(port)]
         inward += ["ipproto", "tcp", "sport", str(port)]
-    return [[*outward, "blackhole"], [*inward, "blackhole"]]
+    return [(client.netns, outward), (server.netns, inward)]
 
 
 def _blackholes(host: Host) -> list[dict[str, object]]:

@@ -105,9 +105,6 @@ class SteadyLoad:
             raise self._error
         return self.figures
 
-    def run_for(self, seconds: float) -> None:
-        time.sleep(seconds)
-
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=self.users * 2)
         try:
