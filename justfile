@@ -68,9 +68,9 @@ fmt:
     uv run ruff format app tests db bench cluster
     uv run ruff check --fix app tests db bench cluster
 
-# Fetch the API docs' bundles (Swagger UI, Redoc, Scalar) at the versions pinned in app/lib/docs.py.
+# Fetch the API docs' bundles (Swagger UI, Redoc, Scalar) at the versions pinned in app/docs/pages.py.
 docs-assets:
-    uv run python -m app.lib.docs_refresh
+    uv run python -m app.docs.refresh
 
 # `up`, `status [--json]`, `kill NAME`, `start NAME`, `partition NAME [PEER...]`, `heal NAME`, `deploy`, `down`.
 # A cluster of hosts on this machine, as network namespaces (root): up, status, kill, deploy... (see README).

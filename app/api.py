@@ -24,24 +24,16 @@ from app.accounts.auth import BearerAuth, bearer_auth
 from app.accounts.cli import AccountsCLIPlugin
 from app.accounts.controller import AccountController
 from app.accounts.revocations import RevokedSessions
+from app.accounts.security import PasswordHasher, TokenCodec, scope_header, unverified_session_id
 from app.config import Settings, SettingsError
-from app.lib.broker import AmqpPublisher
-from app.lib.cors import CORSRefusals
-from app.lib.db import sqlalchemy_config
-from app.lib.docs import assets_router, docs_router, render_plugins
-from app.lib.errors import exception_handlers
-from app.lib.health import HealthController, ReadinessChecks
-from app.lib.logging import REQUEST_ID_HEADER, RequestContext, configure_logging
-from app.lib.media_types import require_declared_media_type
-from app.lib.metrics import prometheus_config
-from app.lib.openapi import StrictStructSchemaPlugin
-from app.lib.outbox import Outbox, OutboxPlugin, publisher_for
-from app.lib.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
-from app.lib.redis import create_redis
-from app.lib.redis_pipe import close_pipelined
-from app.lib.security import PasswordHasher, TokenCodec, scope_header, unverified_session_id
-from app.lib.stores import AtomicStore, create_stores
-from app.lib.tracing import start_tracing
+from app.docs.openapi import StrictStructSchemaPlugin
+from app.docs.pages import assets_router, docs_router, render_plugins
+from app.messaging.broker import AmqpPublisher
+from app.messaging.outbox import Outbox, OutboxPlugin, publisher_for
+from app.observability.health import HealthController, ReadinessChecks
+from app.observability.logging import REQUEST_ID_HEADER, RequestContext, configure_logging
+from app.observability.metrics import prometheus_config
+from app.observability.tracing import start_tracing
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
 from app.orders.cli import EventsCLIPlugin
 from app.orders.controller import READS_CACHED_ORDER, OrderController
@@ -49,6 +41,14 @@ from app.orders.events import NEW_ORDER
 from app.orders.processing import in_process_handler
 from app.orders.services import OrderReader, OrderService
 from app.retention import Retention, RetentionPlugin
+from app.storage.db import sqlalchemy_config
+from app.storage.redis import create_redis
+from app.storage.redis_pipe import close_pipelined
+from app.storage.stores import AtomicStore, create_stores
+from app.web.cors import CORSRefusals
+from app.web.errors import exception_handlers
+from app.web.media_types import require_declared_media_type
+from app.web.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
 
 if TYPE_CHECKING:
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         guards=[require_declared_media_type],  # a body in another media type than the route reads: 415
         # Hooks on every response, those the middleware never sees included (see RequestContext).
         before_send=[request_context.before_send, *([CORSRefusals(cors).before_send] if cors else [])],
-        exception_handlers=exception_handlers(),  # every error a problem document (app/lib/errors.py)
+        exception_handlers=exception_handlers(),  # every error a problem document (app/web/errors.py)
         stores=services.stores,
         cors_config=cors,
         openapi_config=_openapi(services.auth.openapi_components),
@@ -217,8 +217,8 @@ def _read_ahead(
         return tuple(revoked.keys_for(unverified_session_id(authorization)))
 
     # Per Authorization header: a client sends the same one request after request, and decoding the token's
-    # payload and formatting the keys every time was ~5% of a cached read. Headers longer than any token of
-    # ours aren't kept, so that junk can't make the cache big.
+    # payload and formatting the keys every time was a measurable share of a cached read. Headers longer than
+    # any token of ours aren't kept, so that junk can't make the cache big.
     remembered_session_keys = functools.lru_cache(maxsize=4096)(session_keys)
 
     def keys(request: Request[Any, Any, Any]) -> list[str]:

@@ -44,10 +44,10 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from app.accounts.models import AuthSession
 from app.config import Settings
-from app.lib.db import autocommit_engine
-from app.lib.metrics import metric
-from app.lib.outbox import OutboxMessage
+from app.messaging.outbox import OutboxMessage
+from app.observability.metrics import metric
 from app.orders.models import OrderIdempotencyKey
+from app.storage.db import autocommit_engine
 
 log = structlog.get_logger(__name__)
 

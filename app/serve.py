@@ -25,7 +25,7 @@ from granian.constants import Interfaces
 from granian.server import Server
 
 from app.config import Settings, SettingsError
-from app.lib.logging import configure_logging
+from app.observability.logging import configure_logging
 
 log = structlog.get_logger("app.serve")
 
@@ -34,8 +34,8 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}  # what granian stops on, in its 
 GRANIAN_LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    # granian's own lines go to the root logger, which app.lib.logging renders like every other line (JSON in
-    # production) instead of granian's plain-text handlers on stdout.
+    # granian's own lines go to the root logger, which app.observability.logging renders like every other
+    # line (JSON in production) instead of granian's plain-text handlers on stdout.
     "loggers": {
         **{name: {"handlers": [], "propagate": True} for name in ("_granian", "granian.access")},
         # Imported by advanced-alchemy in every worker, alembic's plugins announce themselves at INFO.

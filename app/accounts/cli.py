@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.models import Role, User
 from app.accounts.schemas import Registration
+from app.accounts.security import PasswordHasher
 from app.accounts.services import UserService, normalize_email
 from app.config import Settings
-from app.lib.db import sqlalchemy_config
-from app.lib.errors import ServiceError
-from app.lib.security import PasswordHasher
+from app.storage.db import sqlalchemy_config
+from app.web.errors import ServiceError
 
 
 class AccountsCLIPlugin(CLIPluginProtocol):

@@ -15,11 +15,11 @@ from app.accounts.auth import BEARER_REQUIRED, TOKEN_URL, Principal
 from app.accounts.models import AuthSession, User
 from app.accounts.revocations import RevokedSessions
 from app.accounts.schemas import PasswordGrant, RefreshRequest, Registration, TokenPair, UserRead
+from app.accounts.security import PasswordHasher, SessionToken, TokenCodec
 from app.accounts.services import AuthSessionService, UserService
-from app.lib.errors import OAUTH2_ERRORS, UnauthorizedError, problem_responses
-from app.lib.openapi import RateLimitedOperation
-from app.lib.rate_limit import AUTH_RATE_LIMITED
-from app.lib.security import PasswordHasher, SessionToken, TokenCodec
+from app.docs.openapi import RateLimitedOperation
+from app.web.errors import OAUTH2_ERRORS, UnauthorizedError, problem_responses
+from app.web.rate_limit import AUTH_RATE_LIMITED
 
 PUBLIC = {"exclude_from_auth": True, AUTH_RATE_LIMITED: True}
 TOKEN_ENDPOINT = {**PUBLIC, OAUTH2_ERRORS: True}

@@ -8,9 +8,9 @@ import msgspec
 from advanced_alchemy.extensions.litestar import SQLAlchemyDTOConfig
 
 from app.accounts.models import User
-from app.lib.db import STORABLE_TEXT
-from app.lib.dto import ResponseDTO
-from app.lib.errors import plain_pattern
+from app.storage.db import STORABLE_TEXT
+from app.web.dto import ResponseDTO
+from app.web.errors import plain_pattern
 
 EXAMPLE_EMAIL = "ada@example.com"
 Email = Annotated[

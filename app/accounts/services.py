@@ -11,9 +11,9 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 
 from app.accounts.models import AuthSession, Role, User
 from app.accounts.repositories import AuthSessionRepository, UserRepository
-from app.lib.db import violates_constraint
-from app.lib.errors import ConflictError, UnauthorizedError
-from app.lib.security import PasswordHasher, SessionToken
+from app.accounts.security import PasswordHasher, SessionToken
+from app.storage.db import violates_constraint
+from app.web.errors import ConflictError, UnauthorizedError
 
 if TYPE_CHECKING:
     from app.accounts.revocations import RevokedSessions

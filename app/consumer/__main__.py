@@ -3,14 +3,14 @@
 Each event is validated on arrival: one that is not an event goes to the dead-letter queue at once, alone.
 Valid ones gather into a batch, sent as one ``PROCESS_ORDERS`` task (app.orders.processing; the worker runs
 it) once it holds ``CONSUMER_BATCH_SIZE`` events or ``CONSUMER_BATCH_WAIT_MS`` after its first arrived,
-whichever comes first, through a producer-only Celery app (``celery_app``, app.lib.task_queue: the worker's
-app and tasks are not loaded here). Its events are acknowledged only after the Celery broker confirmed the
-task. A task that can't be sent keeps its events in hand and is sent again with backoff until the Celery
-broker takes it: the failure is the broker's, not the events', so it must not spend the deliveries after which
-the queue dead-letters a message. The task is idempotent, so an event delivered twice (in one batch or two)
-has one effect. SIGTERM stops the consumption, sends the batch being filled, lets the batches in hand finish
-(a dispatch being retried ends with the attempt under way) and hands every event not dispatched back to the
-broker.
+whichever comes first, through a producer-only Celery app (``celery_app``, app.messaging.task_queue: the
+worker's app and tasks are not loaded here). Its events are acknowledged only after the Celery broker
+confirmed the task. A task that can't be sent keeps its events in hand and is sent again with backoff until
+the Celery broker takes it: the failure is the broker's, not the events', so it must not spend the deliveries
+after which the queue dead-letters a message. The task is idempotent, so an event delivered twice (in one
+batch or two) has one effect. SIGTERM stops the consumption, sends the batch being filled, lets the batches in
+hand finish (a dispatch being retried ends with the attempt under way) and hands every event not dispatched
+back to the broker.
 
 Batches are made here rather than by celery-batches, which gathers one-order tasks inside the worker: the
 cost was per Celery message (the consumer's send and confirm, RabbitMQ's persistent hop through a quorum
@@ -19,9 +19,9 @@ both hops. Its counters are served in Prometheus format on ``CONSUMER_METRICS_PO
 (``orders_consumer_messages_total{outcome}``, and the depth of the dead-letter queue, whatever put the
 messages there), and only its own: not the API's metrics that the modules it imports define.
 
-Traced (app.lib.tracing), each event is received in a span that continues its message's trace, and its order
-carries that context to the worker; a batch is dispatched in a span of the first order's trace, linked to
-every order's, under which Celery's publish span puts the context in the task's headers.
+Traced (app.observability.tracing), each event is received in a span that continues its message's trace, and
+its order carries that context to the worker; a batch is dispatched in a span of the first order's trace,
+linked to every order's, under which Celery's publish span puts the context in the task's headers.
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from prometheus_client.process_collector import ProcessCollector
 from uuid_utils.compat import uuid7
 
 from app.config import Settings
-from app.lib.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, close, connect
-from app.lib.logging import configure_logging
-from app.lib.metrics import metric
-from app.lib.task_queue import celery_app
-from app.lib.tracing import continued, current_traceparent, span, start_tracing
+from app.messaging.broker import BROKER_ERRORS, REQUEST_ID_HEADER, Topology, close, connect
+from app.messaging.task_queue import celery_app
+from app.observability.logging import configure_logging
+from app.observability.metrics import metric
+from app.observability.tracing import continued, current_traceparent, span, start_tracing
 from app.orders.events import NEW_ORDER, decode_new_order
 from app.orders.processing import PROCESS_ORDERS, OrderToProcess
 
@@ -214,9 +214,8 @@ class Consumer:
 
         A cumulative acknowledgement (``multiple``) settles every earlier delivery of the channel still
         unsettled, so it covers a batch only once every batch delivered before it is settled too: one whose
-        task is confirmed first waits for those. One frame per batch rather than per event: RabbitMQ spent
-        10 µs per message instead of 75 and the consumer 72 instead of 140 (10,000 messages of a quorum queue,
-        acknowledged by 100 or one by one).
+        task is confirmed first waits for those. One frame per batch rather than per event costs RabbitMQ and
+        the consumer a fraction of the CPU (bench/RESULTS.md, Hand-written parts).
 
         After a lost connection, the batches in hand hold events of the closed channel, then of the one that
         replaced it (a batch being filled, of both): the last event sent, of the newest channel, acknowledges

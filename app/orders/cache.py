@@ -33,10 +33,10 @@ import structlog
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from app.lib.metrics import metric
-from app.lib.stores import AtomicStore, Versioned, split_versioned
+from app.observability.metrics import metric
 from app.orders.models import Order
 from app.orders.schemas import OrderRead
+from app.storage.stores import AtomicStore, Versioned, split_versioned
 
 log = structlog.get_logger(__name__)
 
@@ -46,16 +46,17 @@ CACHE_READS = Counter(
     ["result"],
 )
 
-_HITS, _MISSES = CACHE_READS.labels("hit"), CACHE_READS.labels("miss")  # looked up once: ~1% of a hit
+_HITS, _MISSES = CACHE_READS.labels("hit"), CACHE_READS.labels("miss")  # looked up once, not per read
 
 ORDER_CACHE_STORE = "order_cache"
 """The name of the cache's store: its Redis keys are ``<REDIS_KEY_PREFIX>:order_cache:<order id>``."""
 
 _decoder = msgspec.json.Decoder(OrderRead)
 _encoder = msgspec.json.Encoder()
-# An entry read again is not decoded again: decoding (with the schema's validation) was ~7% of a cached
-# read's CPU (bench/profile.py, 2026-12-02). Keyed by the entry's bytes, so a changed order is a new key; an
-# unreadable entry raises and is not kept. The orders it returns are shared: callers must not modify them.
+# An entry read again is not decoded again: decoding (with the schema's validation) was a measurable share of
+# a cached read's CPU (bench/RESULTS.md, Hand-written parts). Keyed by the entry's bytes, so a changed order
+# is a new key; an unreadable entry raises and is not kept. The orders it returns are shared: callers must not
+# modify them.
 _decoded = functools.lru_cache(maxsize=1024)(_decoder.decode)
 
 

@@ -9,10 +9,10 @@ import click
 from litestar.plugins import CLIPluginProtocol
 
 from app.config import Settings
-from app.lib.broker import BROKER_ERRORS, ReplayStopped, Topology, queue_depths, replay_dead_letters
-from app.lib.db import sqlalchemy_config
-from app.lib.outbox import backlog
+from app.messaging.broker import BROKER_ERRORS, ReplayStopped, Topology, queue_depths, replay_dead_letters
+from app.messaging.outbox import backlog
 from app.orders.events import NEW_ORDER
+from app.storage.db import sqlalchemy_config
 
 
 class EventsCLIPlugin(CLIPluginProtocol):

@@ -18,10 +18,8 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from app.accounts.auth import BEARER_REQUIRED, Principal
-from app.lib.errors import ForbiddenError, problem_responses
-from app.lib.openapi import RateLimitedOperation
-from app.lib.rate_limit import read_ahead_values
-from app.lib.security import SessionToken
+from app.accounts.security import SessionToken
+from app.docs.openapi import RateLimitedOperation
 from app.orders.models import OrderStatus
 from app.orders.repositories import Page
 from app.orders.schemas import (
@@ -36,6 +34,8 @@ from app.orders.schemas import (
     encode_cursor,
 )
 from app.orders.services import OrderReader, OrderService
+from app.web.errors import ForbiddenError, problem_responses
+from app.web.rate_limit import read_ahead_values
 
 AuthRequest = Request[Principal, SessionToken, Any]
 IdempotencyKey = Annotated[
@@ -131,9 +131,9 @@ def provide_order_pages(
 ) -> OrderPages:
     """The filters of every list of orders, as advanced-alchemy's filter types, with the reader they go to.
 
-    The reader comes through here rather than beside it in the handler: Litestar resolves the dependencies
-    of one level together in a task group, which cost ~9% of the CPU of a page (bench/profile.py, S3); one
-    after the other, there is none. And not advanced-alchemy's ``create_filter_dependencies``: its
+    The reader comes through here rather than beside it in the handler: Litestar resolves the dependencies of
+    one level together in a task group, a measurable share of a page's CPU (bench/RESULTS.md, Hand-written
+    parts); one after the other, there is none. And not advanced-alchemy's ``create_filter_dependencies``: its
     parameters are named otherwise (``status_in``; ``currentPage`` and ``pageSize`` in place of ``limit`` and
     ``offset``), carry no description, and take datetimes without a timezone, which the database's column
     refuses with a 500. This service's names and 422s stay as documented.
@@ -159,7 +159,7 @@ def _instant(value: datetime | None, name: str) -> datetime | None:
 
 
 def _invalid(name: str, message: str) -> ValidationException:
-    """A 422 naming the query parameter, as Litestar reports its own checks (see app/lib/errors.py)."""
+    """A 422 naming the query parameter, as Litestar reports its own checks (see app/web/errors.py)."""
     return ValidationException(
         f"{name}: {message}", extra=[{"key": name, "source": "query", "message": message}]
     )

@@ -10,8 +10,8 @@ from uuid import UUID
 import msgspec
 from uuid_utils.compat import uuid7
 
-from app.lib.outbox import Event
-from app.lib.tracing import current_traceparent
+from app.messaging.broker import Event
+from app.observability.tracing import current_traceparent
 from app.orders.schemas import OrderRead
 
 NEW_ORDER: Literal["new_order"] = "new_order"

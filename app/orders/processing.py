@@ -18,21 +18,18 @@ import msgspec
 import structlog
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 
-from app.lib.db import statement_session
-from app.lib.outbox import Event
-from app.lib.tracing import current_traceparent, span
+from app.messaging.broker import Event
+from app.observability.tracing import current_traceparent, span
 from app.orders.cache import OrderCache
 from app.orders.events import decode_new_order
 from app.orders.repositories import ChangedOrder, OrderRepository
+from app.storage.db import autocommit_session
 
 log = structlog.get_logger(__name__)
 
 PROCESS_ORDERS = "orders.process_orders"
 """The Celery task of a batch, ``[[order_id, request_id, traceparent], ...]`` (``OrderToProcess``): sent by
 the consumer (app.consumer), run by the worker's ``process_orders_task`` (app.worker.tasks)."""
-PROCESS_ORDER = "orders.process_order"
-"""The task of one order, ``order_id`` (the request id in its ``request_id`` header), as releases before the
-batches sent it: still run by the worker (``process_order_task``), for tasks queued at an upgrade."""
 
 
 class OrderToProcess(msgspec.Struct, frozen=True, array_like=True):
@@ -51,7 +48,7 @@ async def process_orders(
 ) -> list[ChangedOrder]:
     """Process the orders of ``batch``; those processed before, or unknown, are left as they are.
 
-    The UPDATE commits as it runs (``statement_session`` is in autocommit mode, and a single statement is
+    The UPDATE commits as it runs (``autocommit_session`` is in autocommit mode, and a single statement is
     atomic on its own), so the cache is refreshed with committed rows only.
 
     Errors of the database stay SQLAlchemy's, so that the worker can tell a lost connection (retry) from a
@@ -62,7 +59,7 @@ async def process_orders(
     """
     task = [traceparent] if (traceparent := current_traceparent()) else []  # the worker's task span
     order_ids = [item.order_id for item in batch]
-    async with statement_session(db) as session:
+    async with autocommit_session(db) as session:
         repository = OrderRepository(session=session)
         # The batch's commit: this one UPDATE, committed as it runs (an autocommit session).
         stamped = await repository.mark_processed(order_ids, datetime.now(UTC))

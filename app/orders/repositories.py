@@ -40,11 +40,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.lib.db import connection_lost
-from app.lib.outbox import Event, OutboxMessage
+from app.messaging.broker import Event
+from app.messaging.outbox import OutboxMessage
 from app.orders.models import Order, OrderIdempotencyKey, OrderStatus
 from app.orders.schemas import OrderItem, OrderRead, Position
 from app.orders.status import sources_of
+from app.storage.db import connection_lost
 
 _orders = cast("Table", Order.__table__)
 _outbox = cast("Table", OutboxMessage.__table__)
@@ -232,8 +233,7 @@ async def read_page(
 
     The hottest query of the API. On PostgreSQL it goes to asyncpg directly: SQLAlchemy's execution and
     result processing, and converting its rows with validation, cost twice the rest of a page of 20
-    (measured on a page of 20, 2026-12-02: ~590 µs of CPU through SQLAlchemy, ~280 µs this way). Its errors
-    are then asyncpg's own.
+    (bench/RESULTS.md, Hand-written parts). Its errors are then asyncpg's own.
     """
     if connection.dialect.name == "postgresql":
         rows: Sequence[Any] = await _fetch(connection, _PAGE_POSTGRESQL, user_id, limit, offset)
@@ -350,8 +350,8 @@ _PAGE_AFTER_POSTGRESQL, _PAGE_AFTER_PARAMETERS = str(_page_after), tuple(_page_a
 
 async def read_page_after(connection: AsyncConnection, user_id: UUID, after: Position, limit: int) -> Page:
     """The page of the user's orders after ``after``, newest first, not counted: ``read_filtered_page``
-    with no filter but the user and the cursor, on asyncpg directly as ``read_page`` (a page 5,000 deep
-    took ~1,550 µs of the API's CPU through SQLAlchemy, bench/profile.py S6)."""
+    with no filter but the user and the cursor, on asyncpg directly as ``read_page`` (S6 in
+    bench/RESULTS.md, Hand-written parts)."""
     values = {"user_id": user_id, "created_at": after.created_at, "id": after.id, "limit": limit + 1}
     if connection.dialect.name == "postgresql":
         rows = await _fetch(

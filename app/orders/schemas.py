@@ -17,9 +17,9 @@ from litestar.dto import DTOData
 from litestar.openapi.spec import Example
 from litestar.params import Body
 
-from app.lib.db import STORABLE_TEXT
-from app.lib.dto import BodyDTO
 from app.orders.models import Order, OrderStatus
+from app.storage.db import STORABLE_TEXT
+from app.web.dto import BodyDTO
 
 CENT = Decimal("0.01")
 MAX_PRICE = Decimal("1000000.00")

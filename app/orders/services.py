@@ -14,11 +14,9 @@ from sqlalchemy import select
 from uuid_utils.compat import uuid7
 
 from app.accounts.auth import Principal
-from app.lib.db import autocommit_engine, read_retrying, statement_session
-from app.lib.errors import ConflictError, NotFoundError, UnprocessableError
-from app.lib.logging import current_request_id
-from app.lib.metrics import metric
-from app.lib.outbox import Outbox
+from app.messaging.outbox import Outbox
+from app.observability.logging import current_request_id
+from app.observability.metrics import metric
 from app.orders.cache import OrderCache, to_read
 from app.orders.events import new_order_message
 from app.orders.models import Order, OrderIdempotencyKey, OrderStatus
@@ -34,6 +32,8 @@ from app.orders.repositories import (
 )
 from app.orders.schemas import OrderCreate, OrderRead, Position
 from app.orders.status import check_transition
+from app.storage.db import autocommit_engine, autocommit_session, read_retrying
+from app.web.errors import ConflictError, NotFoundError, UnprocessableError
 
 NOT_FOUND = "No such order"
 ORDERS_PLACED = Counter(metric("placed_total"), "Orders created (idempotent replays excluded)")
@@ -44,8 +44,8 @@ class OrderService:
 
     Each write is one statement, on a session of its own in autocommit mode (no BEGIN and COMMIT round trips
     around it) that gives its connection back at once. Built per request as an advanced-alchemy service
-    instead, with the repository it makes and the dependency's cleanup, it took ~15% of the CPU of a
-    create's request handling (py-spy, bench/profile.py).
+    instead, with the repository it makes and the dependency's cleanup, it cost a create's request handling
+    a measurable share of its CPU (bench/RESULTS.md, Hand-written parts).
     """
 
     def __init__(
@@ -64,7 +64,7 @@ class OrderService:
     async def _orders(self) -> AsyncIterator[OrderRepository]:
         """The repository on a session of its own; what it wrote is committed when the block ends (SQLite's
         transaction: in autocommit mode on PostgreSQL there is nothing to send)."""
-        async with statement_session(self.db) as session:
+        async with autocommit_session(self.db) as session:
             yield OrderRepository(session=session, statement=_ORDERS)
             await session.commit()
 
@@ -187,7 +187,7 @@ class OrderReader:
 
     async def _load(self, order_id: UUID) -> Order | None:
         async def read() -> Order | None:
-            async with statement_session(self.db) as session:
+            async with autocommit_session(self.db) as session:
                 return await OrderRepository(session=session).get_one_or_none(id=order_id)
 
         return await read_retrying(read)

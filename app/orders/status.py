@@ -5,8 +5,8 @@ PENDING → PAID → SHIPPED; PENDING or PAID → CANCELED; SHIPPED and CANCELED
 
 from __future__ import annotations
 
-from app.lib.errors import ConflictError
 from app.orders.models import OrderStatus
+from app.web.errors import ConflictError
 
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset({OrderStatus.PAID, OrderStatus.CANCELED}),

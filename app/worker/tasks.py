@@ -10,7 +10,6 @@ import asyncio
 import contextvars
 import functools
 from typing import Any, cast
-from uuid import UUID
 
 import msgspec
 import structlog
@@ -19,14 +18,14 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
-from app.lib.db import UNAVAILABLE_ERRORS, sqlalchemy_config
-from app.lib.logging import configure_logging
-from app.lib.redis import create_redis
-from app.lib.stores import AtomicStore, create_stores
-from app.lib.task_queue import celery_app
-from app.lib.tracing import start_tracing, stop_tracing
+from app.messaging.task_queue import celery_app
+from app.observability.logging import configure_logging
+from app.observability.tracing import start_tracing, stop_tracing
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
-from app.orders.processing import PROCESS_ORDER, PROCESS_ORDERS, OrderToProcess, process_orders
+from app.orders.processing import PROCESS_ORDERS, OrderToProcess, process_orders
+from app.storage.db import UNAVAILABLE_ERRORS, sqlalchemy_config
+from app.storage.redis import create_redis
+from app.storage.stores import AtomicStore, create_stores
 
 log = structlog.get_logger(__name__)
 
@@ -142,11 +141,4 @@ def process_orders_task(self: Task[[list[Any]], int], orders: list[Any]) -> int:
     """Process a batch of orders, ``[[order_id, request_id, traceparent], ...]`` (see app.orders.processing):
     one statement and one Redis pipeline for the batch; safe to run any number of times."""
     batch = msgspec.convert(orders, list[OrderToProcess], strict=False)
-    return runtime().process(batch, self.request.id)
-
-
-@celery.task(name=PROCESS_ORDER, bind=True, **RETRIED_WHILE_THE_DATABASE_IS_AWAY)
-def process_order_task(self: Task[[str], int], order_id: str) -> int:
-    """One order, as releases before the batches sent it: tasks still queued at an upgrade are processed."""
-    batch = [OrderToProcess(UUID(order_id), self.request.get("request_id"))]
     return runtime().process(batch, self.request.id)

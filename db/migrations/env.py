@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import app.accounts.models
-import app.lib.outbox
+import app.messaging.outbox
 import app.orders.models  # noqa: F401 - importing the models registers their tables
 from app.config import Settings, SettingsError
 

@@ -15,8 +15,8 @@ import jwt
 import pytest
 from httpx import AsyncClient, Response
 
+from app.accounts.security import REQUIRED_CLAIMS
 from app.api import MAX_BODY_BYTES
-from app.lib.security import REQUIRED_CLAIMS
 from tests.support import JWT_SECRET, Account, bearer, new_email, order_body, place_order, signed_up
 
 Client = AsyncClient

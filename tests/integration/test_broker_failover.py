@@ -23,8 +23,8 @@ from httpx import AsyncClient
 import app.consumer.__main__ as consumer_main
 from app.config import Settings
 from app.consumer.__main__ import Consumer
-from app.lib.broker import close, connect
-from app.lib.task_queue import celery_app
+from app.messaging.broker import close, connect
+from app.messaging.task_queue import celery_app
 from app.orders.events import NEW_ORDER
 from tests.pipeline import Pipeline, Role
 from tests.proxy import Proxy, proxy_to

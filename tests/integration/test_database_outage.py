@@ -17,8 +17,8 @@ import pytest
 import structlog
 from httpx import AsyncClient, Response
 
-from app.lib.db import COMMAND_TIMEOUT_SECONDS, CONNECT_TIMEOUT_SECONDS
-from app.lib.errors import RETRY_AFTER_SECONDS
+from app.storage.db import COMMAND_TIMEOUT_SECONDS, CONNECT_TIMEOUT_SECONDS
+from app.web.errors import RETRY_AFTER_SECONDS
 from tests.proxy import Proxy, proxy_to
 from tests.support import (
     PASSWORD,

@@ -10,7 +10,7 @@ import re
 import pytest
 from httpx import AsyncClient
 
-from app.lib.docs import ASSETS_DIR, BUNDLES
+from app.docs.pages import ASSETS_DIR, BUNDLES
 
 PAGES = ["/schema/swagger", "/schema/redoc", "/schema/scalar"]
 # Every address a page's markup can load: script src, stylesheet and icon href.

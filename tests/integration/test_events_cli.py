@@ -17,7 +17,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from app.lib.broker import Topology, replay_dead_letters
+from app.messaging.broker import Topology, replay_dead_letters
 from app.orders.events import NEW_ORDER
 from tests.support import AMQP_URL, ROOT, eventually, ready_in_queue
 

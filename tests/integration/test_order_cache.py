@@ -15,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
-from app.lib.redis_pipe import PipelinedRedis
+from app.storage.redis_pipe import PipelinedRedis
 from tests.proxy import proxy_to
 from tests.support import REDIS_URL, UNREACHABLE_REDIS_URL, place_order, same_stores, serving, signed_up
 

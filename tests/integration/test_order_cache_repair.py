@@ -16,11 +16,11 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from app.lib.redis import create_redis
-from app.lib.stores import AtomicRedisStore
 from app.orders.cache import OrderCache
 from app.orders.models import OrderStatus
 from app.orders.schemas import OrderItem, OrderRead
+from app.storage.redis import create_redis
+from app.storage.stores import AtomicRedisStore
 from tests.proxy import Proxy, proxy_to
 from tests.support import REDIS_URL
 

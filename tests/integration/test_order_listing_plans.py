@@ -19,9 +19,9 @@ import pytest
 from advanced_alchemy.filters import BeforeAfter, CollectionFilter, StatementFilter
 from sqlalchemy import event
 
-from app.lib.db import sqlalchemy_config
 from app.orders.schemas import Position
 from app.orders.services import OrderReader
+from app.storage.db import sqlalchemy_config
 
 USERS, ORDERS, LIMIT, DEPTH = 10, 100_000, 20, 5_000
 SEED = f"""

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from app.config import Settings
-from app.lib.outbox import Outbox
+from app.messaging.outbox import Outbox
 from tests.support import (
     AMQP_URL,
     eventually,

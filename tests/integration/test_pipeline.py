@@ -23,13 +23,13 @@ from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
-from app.lib.broker import DELIVERY_LIMIT, AmqpPublisher, Topology
-from app.lib.db import sqlalchemy_config
-from app.lib.outbox import Outbox
-from app.lib.task_queue import celery_app
+from app.messaging.broker import DELIVERY_LIMIT, AmqpPublisher, Topology
+from app.messaging.outbox import Outbox
+from app.messaging.task_queue import celery_app
 from app.orders.events import NEW_ORDER
-from app.orders.processing import PROCESS_ORDER, PROCESS_ORDERS
+from app.orders.processing import PROCESS_ORDERS
 from app.orders.schemas import OrderCreate
+from app.storage.db import sqlalchemy_config
 from tests.conftest import deployed, forget_redis_keys
 from tests.pipeline import BIN, ROOT, WORKER_PROCESSES, Pipeline, Role, process_env
 from tests.proxy import proxy_to
@@ -549,30 +549,6 @@ async def test_a_batch_processes_each_order_once_whatever_it_holds(
     assert [row["version"] for row in rows] == [2]  # created, then processed once
 
 
-async def test_a_one_order_task_of_an_earlier_release_is_processed(
-    client: AsyncClient, deployment: Settings, pipeline: Pipeline
-) -> None:
-    alice = await signed_up(client)
-    with pipeline.stopped():
-        order = await place_order(client, alice)
-        await eventually(lambda: event_sent(deployment, order["id"]), "the event to be queued")
-        await purge(f"{deployment.events_exchange}.new_order")  # as if the consumer had dispatched it
-
-    await asyncio.to_thread(send_task, deployment, PROCESS_ORDER, [order["id"]], headers={"request_id": "x"})
-
-    assert (await processed(client, alice, order["id"]))["processed_at"] is not None
-    assert [line["request_id"] for line in await logged_by(pipeline.worker, order["id"])] == ["x"]
-
-
-def send_task(settings: Settings, name: str, args: list[Any], **options: Any) -> None:
-    """Send a task to the deployment's worker as a producer would, bypassing the consumer."""
-    celery = celery_app(settings)
-    try:
-        celery.send_task(name, args=args, **options)
-    finally:
-        celery.close()
-
-
 async def purge(queue_name: str) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection, connection.channel() as channel:
@@ -954,3 +930,12 @@ async def logged_by(worker: Role, order_id: str) -> list[dict[str, Any]]:
 
 async def as_awaitable(value: bool) -> bool:
     return value
+
+
+def send_task(settings: Settings, name: str, args: list[Any], **options: Any) -> None:
+    """Send a task to the deployment's worker as a producer would, bypassing the consumer."""
+    celery = celery_app(settings)
+    try:
+        celery.send_task(name, args=args, **options)
+    finally:
+        celery.close()

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.config import RateLimit, Settings
-from app.lib.redis_pipe import PipelinedRedis
+from app.storage.redis_pipe import PipelinedRedis
 from tests.support import UNREACHABLE_REDIS_URL, new_email, same_stores, serving, token_request
 
 STRICT = RateLimit(requests=3, unit="minute")

@@ -13,8 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.lib.redis import create_redis
-from app.lib.redis_pipe import PipelinedRedis, close_pipelined
+from app.storage.redis import create_redis
+from app.storage.redis_pipe import PipelinedRedis, close_pipelined
 from tests.proxy import Proxy, proxy_to
 from tests.support import REDIS_URL
 

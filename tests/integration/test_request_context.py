@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import Settings
-from app.lib.logging import current_request_id
+from app.observability.logging import current_request_id
 from tests.support import PASSWORD, POSTGRES_URL, same_stores, serving
 
 ORIGIN = "https://shop.example.com"

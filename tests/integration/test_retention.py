@@ -20,10 +20,10 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from app.accounts.models import AuthSession, User
 from app.config import Settings
-from app.lib.db import autocommit_engine, sqlalchemy_config
-from app.lib.outbox import OutboxMessage
+from app.messaging.outbox import OutboxMessage
 from app.orders.models import Order, OrderIdempotencyKey
 from app.retention import SESSION_GRACE, Purge, Retention, purges
+from app.storage.db import autocommit_engine, sqlalchemy_config
 from tests.proxy import proxy_to
 from tests.support import (
     POSTGRES_URL,

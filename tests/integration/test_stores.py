@@ -9,7 +9,7 @@ from uuid import uuid4
 import pytest
 from redis.asyncio import Redis
 
-from app.lib.stores import AtomicMemoryStore, AtomicRedisStore, AtomicStore
+from app.storage.stores import AtomicMemoryStore, AtomicRedisStore, AtomicStore
 from tests.support import REDIS_URL
 
 

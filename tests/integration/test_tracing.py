@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from app.config import Settings
-from app.lib import tracing
-from app.lib.outbox import Outbox
+from app.messaging.outbox import Outbox
+from app.observability import tracing
 from tests.conftest import deployed
 from tests.support import (
     AMQP_URL,

@@ -4,7 +4,7 @@ from typing import Any
 
 from litestar.connection import Request
 
-from app.lib.rate_limit import ClientAddress
+from app.web.rate_limit import ClientAddress
 
 
 def request_from(peer: str, forwarded_for: str | None = None) -> Request[Any, Any, Any]:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from app.config import Settings
-from app.lib.tracing import tracing_enabled
+from app.observability.tracing import tracing_enabled
 from app.serve import SHUTDOWN_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -87,7 +87,7 @@ def test_the_api_metrics_reach_the_compose_network_but_not_the_host() -> None:
 def test_the_roles_environment_names_real_settings() -> None:
     settings = {name.upper() for name in Settings.__struct_fields__}
     for role in ROLES:
-        # OTEL_* are OpenTelemetry's own variables, which its SDK reads (app.lib.tracing).
+        # OTEL_* are OpenTelemetry's own variables, which its SDK reads (app.observability.tracing).
         ours = {name for name in SERVICES[role]["environment"] if not name.startswith("OTEL_")}
         assert ours <= settings, role
     production = SERVICES["api"]["environment"]

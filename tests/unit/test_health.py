@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.lib.health import CachedCheck
+from app.observability.health import CachedCheck
 
 
 class Pinged:

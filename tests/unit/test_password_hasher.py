@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.lib.security import PasswordHasher
+from app.accounts.security import PasswordHasher
 
 
 def cheap(time_cost: int = 1) -> PasswordHasher:

@@ -12,7 +12,7 @@ from tests.support import reported_by
 CONSUMER = """
 from app.config import Settings
 from app.consumer.__main__ import Consumer
-from app.lib.task_queue import celery_app
+from app.messaging.task_queue import celery_app
 celery_app(Settings.from_env()).producer_pool
 """
 WORKER = """
@@ -58,7 +58,7 @@ def test_the_api_loads_neither_the_pipeline_roles_nor_the_task_queue() -> None:
     loaded = modules_loaded_by("import sys, app.asgi\nassert 'celery' not in sys.modules, 'Celery loaded'")
     assert "app.api" in loaded
     assert [
-        name for name in loaded if name.startswith(("app.worker", "app.consumer", "app.lib.task_queue"))
+        name for name in loaded if name.startswith(("app.worker", "app.consumer", "app.messaging.task_queue"))
     ] == []
 
 

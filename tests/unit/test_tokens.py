@@ -9,7 +9,7 @@ import jwt
 import pytest
 from litestar.exceptions import NotAuthorizedException
 
-from app.lib.security import REQUIRED_CLAIMS, TokenCodec, unverified_session_id
+from app.accounts.security import REQUIRED_CLAIMS, TokenCodec, unverified_session_id
 
 SECRET = "unit-test-secret-" + "s" * 48  # long enough for HS512 too
 

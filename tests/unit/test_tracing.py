@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.lib.tracing import traces_exporters, tracing_enabled
+from app.observability.tracing import traces_exporters, tracing_enabled
 from tests.support import fresh_interpreter, reported_by
 
 

@@ -14,8 +14,8 @@ from advanced_alchemy.exceptions import RepositoryError, wrap_sqlalchemy_excepti
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
-from app.lib.db import connection_lost, database_unavailable
-from app.lib.errors import RETRY_AFTER_SECONDS, problem_for
+from app.storage.db import connection_lost, database_unavailable
+from app.web.errors import RETRY_AFTER_SECONDS, problem_for
 
 
 def raised_from(error: Exception, cause: BaseException) -> Exception:

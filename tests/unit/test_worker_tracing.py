@@ -15,7 +15,7 @@ POOL_PROCESS = """
 import json, sys
 from celery.signals import worker_process_init, worker_process_shutdown
 from celery.app.utils import find_app
-from app.lib.tracing import tracing_started
+from app.observability.tracing import tracing_started
 find_app("app.worker").loader.import_default_modules()
 def loaded():  # the tracing SDK and instrumentations (redis-py imports OpenTelemetry's API on its own)
     tracing = ("opentelemetry.sdk.trace", "opentelemetry.instrumentation")

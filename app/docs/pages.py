@@ -2,7 +2,7 @@
 
 Litestar's render plugins load Swagger UI, Redoc and Scalar from public CDNs (Redoc and Scalar at
 ``@latest``), so the pages are blank on a network that can't reach them. The bundles are vendored here
-instead, at pinned versions with their licenses (``app/lib/docs_assets``, refreshed from the npm registry
+instead, at pinned versions with their licenses (``app/docs/assets``, refreshed from the npm registry
 by ``just docs-assets``), and served under ``/schema/assets``. A version is part of each URL, so browsers
 may keep a file for good.
 """
@@ -22,7 +22,7 @@ from litestar.openapi.plugins import (
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
-ASSETS_DIR = Path(__file__).parent / "docs_assets"
+ASSETS_DIR = Path(__file__).parent / "assets"
 ASSETS_PATH = "/schema/assets"
 # What the pages may load: the service's own files, and their inline start-up scripts and styles. Whatever a
 # bundle would fetch from elsewhere (Redoc's logo from cdn.redoc.ly, say) the browser refuses to request.

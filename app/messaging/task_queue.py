@@ -1,7 +1,7 @@
 """The Celery task queue between the consumer and the worker, as both configure it.
 
-Apart from app.lib.broker, which the API imports: the API sends no task, and Celery costs a process ~70 ms
-to import and ~4.5 MB of memory.
+Apart from app.messaging.broker, which the API imports: the API sends no task, and importing Celery would
+cost every API worker start-up time and memory.
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ from sqlalchemy import Index, LargeBinary, String, Update, func, select, text, u
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.config import Settings
-from app.lib import tracing
-from app.lib.broker import AmqpPublisher, Topology
-from app.lib.db import autocommit_engine, database_unavailable
-from app.lib.metrics import metric
+from app.messaging.broker import AmqpPublisher, Event, Topology
+from app.observability import tracing
+from app.observability.metrics import metric
+from app.storage.db import autocommit_engine, database_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -65,18 +65,6 @@ class OutboxMessage(UUIDv7Base):
     trace_context: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=_now)
     sent_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True))
-
-
-class Event(msgspec.Struct, frozen=True):
-    """An event as the outbox holds it: what is written with the change, and what the publisher sends."""
-
-    id: UUID
-    topic: str
-    payload: bytes
-    request_id: str | None
-    created_at: datetime
-    trace_context: str | None = None
-    """The traceparent of the request that wrote it (None when tracing is off): it is published in it."""
 
 
 _EVENT_COLUMNS = [getattr(OutboxMessage, name) for name in Event.__struct_fields__]
@@ -117,13 +105,13 @@ def publisher_for(settings: Settings, topic: str, handle_in_process: EventHandle
 class Outbox:
     """Publishes committed outbox rows at once, in the background, and relays the ones left behind.
 
-    ``dispatch`` hands a committed row to this process's dispatcher and returns at once, so a request
-    never waits for the broker. The dispatcher publishes what has come in within ``LINGER`` of a batch's
-    first event, as one batch of confirmed publications, and marks the confirmed rows sent with one UPDATE;
-    at shutdown it has ``DRAIN_TIMEOUT`` to finish what it was handed. The linger costs an event 20 ms at
-    most and saves work at moderate rates, where batches were of one or two events (500 orders/s through
-    the whole pipeline: 3.4 ms of the machine's CPU per order without, 2.8 ms with). Whatever it could not
-    publish, or a crash made it forget, stays unsent in the table, where the relay finds it.
+    ``dispatch`` hands a committed row to this process's dispatcher and returns at once, so a request never
+    waits for the broker. The dispatcher publishes what has come in within ``LINGER`` of a batch's first
+    event, as one batch of confirmed publications, and marks the confirmed rows sent with one UPDATE; at
+    shutdown it has ``DRAIN_TIMEOUT`` to finish what it was handed. The linger costs an event 20 ms at most
+    and saves work at moderate rates, where batches were of one or two events (bench/RESULTS.md, Hand-written
+    parts). Whatever it could not publish, or a crash made it forget, stays unsent in the table, where the
+    relay finds it.
     """
 
     BATCH = 200

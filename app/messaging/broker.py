@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
+from uuid import UUID
 
 import aio_pika
+import msgspec
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -24,10 +27,7 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 from aiormq.exceptions import AMQPError
 
-from app.lib import tracing
-
-if TYPE_CHECKING:  # the outbox imports this module to build its publisher
-    from app.lib.outbox import Event
+from app.observability import tracing
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +44,18 @@ channel opened on a connection that is being cut, and ``ChannelInvalidStateError
 for a closed channel."""
 REPLAY_STEP_TIMEOUT = 10.0
 """Seconds a replay waits for the broker at each step (connection, get, confirmed publication)."""
+
+
+class Event(msgspec.Struct, frozen=True):
+    """An event as the outbox holds it: what is written with the change, and what the publisher sends."""
+
+    id: UUID
+    topic: str
+    payload: bytes
+    request_id: str | None
+    created_at: datetime
+    trace_context: str | None = None
+    """The traceparent of the request that wrote it (None when tracing is off): it is published in it."""
 
 
 @dataclass(frozen=True)
@@ -154,8 +166,8 @@ class AmqpPublisher:
 
     async def publish_many(self, messages: Sequence[Event]) -> list[bool]:
         """Publish the messages side by side (the broker confirms them as a stream, not one round trip each),
-        within ``timeout`` for the batch as a whole: a deadline per message cost 25 to 50 µs of CPU apiece, a
-        third of what aio-pika's publication itself costs (measured: 10,000 messages in batches of 200)."""
+        within ``timeout`` for the batch as a whole: a deadline per message cost a third of what aio-pika's
+        publication itself costs (bench/RESULTS.md, Hand-written parts)."""
         if not messages or not self.ready or self._exchange is None:
             return [False] * len(messages)
         exchange = self._exchange

@@ -1,8 +1,8 @@
 """Distributed tracing with OpenTelemetry: one trace per order, from the HTTP request to the worker's commit.
 
-Off unless the standard OpenTelemetry environment asks for it (``tracing_enabled``), and then free: no
-tracer provider, exporter or instrumentation is set up, and every function below is one check of a module
-global before it returns nothing. ``start_tracing`` loads ``app.lib.tracing_sdk`` (the SDK's tracing, the
+Off unless the standard OpenTelemetry environment asks for it (``tracing_enabled``), and then free: no tracer
+provider, exporter or instrumentation is set up, and every function below is one check of a module global
+before it returns nothing. ``start_tracing`` loads ``app.observability.tracing_sdk`` (the SDK's tracing, the
 exporter, the instrumentations) only when tracing is on. (Libraries may import OpenTelemetry's API on their
 own when it is installed, redis-py its metrics SDK: that costs start-up time within this machine's noise,
 about 0.1 s by -X importtime, and nothing per request.)
@@ -26,7 +26,7 @@ from app.config import SettingsError
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from app.lib.tracing_sdk import Tracing
+    from app.observability.tracing_sdk import Tracing
 
 __all__ = [
     "add_trace_ids",
@@ -94,14 +94,12 @@ def start_tracing(
         raise SettingsError(
             f"OTEL_TRACES_EXPORTER: unsupported exporter {', '.join(unknown)} (use otlp, console or none)"
         )
-    from app.lib import tracing_sdk  # noqa: PLC0415 - the SDK's import cost is paid only when tracing is on
+    # The SDK's import cost is paid only when tracing is on.
+    from app.observability import tracing_sdk  # noqa: PLC0415
 
     _active = tracing_sdk.Tracing.start(
         SERVICE_NAMES.get(role, f"orders-{role}"), exporters, exporter, instrument_amqp=instrument_amqp
     )
-    from app.lib.logging import reconfigure_logging  # noqa: PLC0415 - it imports this module
-
-    reconfigure_logging()  # if it was configured before: now with the trace ids
     return True
 
 
@@ -158,7 +156,7 @@ def span(
 
 def add_trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """structlog processor: the active span's ``trace_id`` and ``span_id`` on the line (hex, as tracing
-    backends show them). ``configure_logging`` installs it while tracing is on."""
+    backends show them). ``configure_logging`` installs it always: with tracing off it only checks it."""
     if _active is not None:
         _active.add_ids(event)
     return event

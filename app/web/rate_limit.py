@@ -29,8 +29,8 @@ from litestar.middleware.rate_limit import DURATION_VALUES, RateLimitConfig, Rat
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from app.lib.metrics import metric
-from app.lib.stores import ATOMIC_STORES, AtomicMemoryStore, AtomicRedisStore, Window
+from app.observability.metrics import metric
+from app.storage.stores import ATOMIC_STORES, AtomicMemoryStore, AtomicRedisStore, Window
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -180,8 +180,8 @@ def _adding_headers(send: Send, headers: dict[str, str]) -> Send:
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
-            # Appended, not set through MutableScopeHeaders: nothing else sets these headers, and its
-            # search of the list for each one was ~2% of a cached read.
+            # Appended, not set through MutableScopeHeaders: nothing else sets these headers, and it
+            # searches the list for each one.
             encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in items]
             message["headers"] = [*message.get("headers", ()), *encoded]
         await send(message)

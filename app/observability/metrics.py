@@ -64,8 +64,9 @@ class PrometheusMiddleware(LitestarPrometheusMiddleware):
     up once rather than on every request.
 
     Litestar's builds a Request and a dict of labels for each request and looks up four series by their label
-    values (formatting them, under a lock): ~12% of a cached read (2026-12-02). Options this one does not
-    implement (extra labels, exemplars, excluded methods, ungrouped paths) leave the work to Litestar's.
+    values (formatting them, under a lock), a measurable share of a cached read (bench/RESULTS.md,
+    Hand-written parts). Options this one does not implement (extra labels, exemplars, excluded methods,
+    ungrouped paths) leave the work to Litestar's.
     """
 
     def __init__(self, app: ASGIApp, config: PrometheusConfig) -> None:

@@ -1,4 +1,4 @@
-"""The OpenTelemetry SDK behind ``app.lib.tracing``, imported only when tracing is on (see there).
+"""The OpenTelemetry SDK behind ``app.observability.tracing``, imported only when tracing is on (see there).
 
 The SDK reads its own environment: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``
 (``Resource.create``), ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG`` (``TracerProvider``'s default

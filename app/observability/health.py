@@ -22,9 +22,9 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from app.lib.broker import AmqpPublisher
-from app.lib.db import autocommit_engine
-from app.lib.openapi import ServiceOperation
+from app.docs.openapi import ServiceOperation
+from app.messaging.broker import AmqpPublisher
+from app.storage.db import autocommit_engine
 
 CHECK_TIMEOUT_SECONDS = 2.0
 MAX_AGE_SECONDS = 1.0

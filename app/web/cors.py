@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from app.lib.errors import PROBLEM_MEDIA_TYPE, ProblemDetails
+from app.web.errors import PROBLEM_MEDIA_TYPE, ProblemDetails
 
 if TYPE_CHECKING:
     from litestar.config.cors import CORSConfig

@@ -1,8 +1,8 @@
-"""Fetch the docs pages' bundles pinned in ``app.lib.docs`` from the npm registry: ``just docs-assets``.
+"""Fetch the docs pages' bundles pinned in ``app.docs.pages`` from the npm registry: ``just docs-assets``.
 
 Each tarball is checked against the registry's sha512 integrity before a file is taken from it, and the
 directory of every version no longer pinned is removed. To move to a new version, change it in
-``app.lib.docs``, run this, and check the pages (``tests/browser``).
+``app.docs.pages``, run this, and check the pages (``tests/browser``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import tarfile
 import urllib.request
 
-from app.lib.docs import ASSETS_DIR, BUNDLES, Bundle
+from app.docs.pages import ASSETS_DIR, BUNDLES, Bundle
 
 REGISTRY = "https://registry.npmjs.org"
 

@@ -61,7 +61,7 @@ def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncC
     A fixed pool: under load, requests wait their turn for a connection. Connections beyond it would be
     opened and closed again within the burst, and that churn (a new PostgreSQL backend, a TLS negotiation
     attempt and fresh prepared statements each time) cost more than the waiting. No request holds two
-    connections at once (see ``statement_session``), so waiting never deadlocks.
+    connections at once (see ``autocommit_session``), so waiting never deadlocks.
     """
     pooled = not database_url.startswith("sqlite")
     return SQLAlchemyAsyncConfig(
@@ -78,7 +78,7 @@ def sqlalchemy_config(database_url: str, pool_size: int = 5) -> SQLAlchemyAsyncC
         # Commits a request's session when a 2xx response starts. Writes commit explicitly before that
         # (auto_commit=True), so a failed commit is an error response, never a 2xx for lost data.
         before_send_handler="autocommit",
-        set_default_exception_handler=False,  # app.lib.errors answers for repository errors too
+        set_default_exception_handler=False,  # app.web.errors answers for repository errors too
         enable_file_object_listener=False,  # no FileObject columns here; it would run on every commit
     )
 
@@ -89,8 +89,9 @@ def autocommit_engine(config: SQLAlchemyAsyncConfig) -> AsyncEngine:
     return _autocommit(config.get_engine())
 
 
-def statement_session(config: SQLAlchemyAsyncConfig) -> AsyncSession:
-    """A session for single-statement reads outside a request's own session, on the autocommit engine.
+def autocommit_session(config: SQLAlchemyAsyncConfig) -> AsyncSession:
+    """A session on the autocommit engine, outside a request's own session: each statement, read or write,
+    commits as it runs, so a write made through it is one statement (atomic on its own).
 
     Use it as ``async with``, which gives its connection back at once: a request's own session keeps its
     connection until the response is sent, so a read made through it before the handler (authentication)

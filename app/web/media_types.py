@@ -10,7 +10,7 @@ from litestar import Request
 from litestar.enums import RequestEncodingType
 from litestar.params import BodyKwarg
 
-from app.lib.errors import problem
+from app.web.errors import problem
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection

@@ -20,7 +20,7 @@ from litestar.stores.redis import RedisStore
 from litestar.stores.registry import StoreRegistry
 from redis.asyncio import Redis
 
-from app.lib.redis_pipe import PipelinedRedis
+from app.storage.redis_pipe import PipelinedRedis
 
 # KEYS: the #ARGV windows to count (ARGV: each one's length in seconds), then the keys to read.
 # The reply: each window's count and seconds left, then the values read.
@@ -111,7 +111,7 @@ class AtomicRedisStore(RedisStore):
             keys.append(full_key)
             args.append(seconds)
         keys += read
-        # The request path's one Redis call: pipelined with the other requests' (see app/lib/redis_pipe.py).
+        # The request path's one Redis call: pipelined with other requests' (see app/storage/redis_pipe.py).
         pipe = PipelinedRedis.of(self._redis)
         reply = await (pipe.evalsha(self._hit.sha, _HIT, keys, args) if pipe else self._hit(keys, args))
         counted = 2 * len(args)

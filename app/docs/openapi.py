@@ -18,7 +18,7 @@ import msgspec
 from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.plugins import OpenAPISchemaPlugin
 
-from app.lib.logging import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
+from app.observability.logging import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 
 if TYPE_CHECKING:
     from litestar.typing import FieldDefinition

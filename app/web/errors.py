@@ -19,7 +19,7 @@ from litestar.plugins.problem_details import ProblemDetailsException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.lib.db import STORABLE_TEXT, database_unavailable, violates_constraint
+from app.storage.db import STORABLE_TEXT, database_unavailable, violates_constraint
 
 if TYPE_CHECKING:
     from litestar import Request, Response

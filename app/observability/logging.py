@@ -19,7 +19,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from structlog.typing import EventDict, Processor
 
-from app.lib.tracing import add_trace_ids, tracing_started
+from app.observability.tracing import add_trace_ids
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,7 +31,6 @@ _CONTEXT_KEY = "request_context"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 """A request id a client may choose (others are replaced by a new one)."""
 _VALID_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
-_configured: dict[str, Any] = {}
 
 
 def configure_logging(*, level: str, as_json: bool) -> None:
@@ -42,17 +41,16 @@ def configure_logging(*, level: str, as_json: bool) -> None:
     the standard library (granian, SQLAlchemy, Celery, aio-pika) are rendered the same way by a handler.
     While tracing is on, a line written within a span carries its ``trace_id`` and ``span_id``.
     """
-    _configured.update(level=level, as_json=as_json)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        *([add_trace_ids] if tracing_started() else []),
+        add_trace_ids,  # nothing but a check while tracing is off
         structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer = _renderer(as_json)
     # Replaced in place: a logger cached on its first use holds this very list, so it follows a later
-    # configuration (another app in the process, tracing started afterwards) instead of keeping the first.
+    # configuration (another app in the process) instead of keeping the first.
     processors = structlog.get_config()["processors"]
     processors[:] = [*shared, structlog.processors.format_exc_info if as_json else _keep, renderer]
     structlog.configure(
@@ -67,12 +65,6 @@ def configure_logging(*, level: str, as_json: bool) -> None:
         _standard_library_handler(shared, renderer, as_json),
     ]
     root.setLevel(level)
-
-
-def reconfigure_logging() -> None:
-    """Configure logging again as it was last (tracing started after it: its ids join the lines)."""
-    if _configured:
-        configure_logging(**_configured)
 
 
 def _renderer(as_json: bool) -> Processor:
@@ -144,8 +136,7 @@ class RequestContext(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     def __init__(self) -> None:
-        # Bound now, after configure_logging: the lazy proxy get_logger returns resolves itself on every
-        # call, ~10% of the line's cost.
+        # Bound now, after configure_logging: the lazy proxy get_logger returns resolves itself on every call.
         self.log = structlog.get_logger("app.access").bind()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
@@ -196,7 +187,7 @@ def _begin(scope: Scope) -> _Context:
     context: _Context | None = state.get(_CONTEXT_KEY)
     if context is None:
         request_id = _incoming_request_id(scope) or _new_request_id()
-        # bind and reset rather than bound_contextvars(): its generator-based context manager cost ~2%.
+        # bind and reset rather than bound_contextvars(), a generator-based context manager: cheaper.
         bound = structlog.contextvars.bind_contextvars(request_id=request_id)
         context = state[_CONTEXT_KEY] = _Context(request_id, time.perf_counter(), bound)
     return context
@@ -209,7 +200,7 @@ def current_request_id() -> str | None:
 
 
 def _new_request_id() -> str:
-    # Not os.urandom: a system call per request (~2% of a cached read), and a request id needs to be unique,
+    # Not os.urandom: a system call per request, when a request id needs to be unique,
     # not unpredictable (clients choose their own). random reseeds in each forked worker.
     return f"{random.getrandbits(128):032x}"
 

@@ -1,9 +1,9 @@
 """A lean Redis connection for the request path: concurrent requests' commands pipelined on one socket.
 
 The rate limiter's Lua call is the one Redis round trip of nearly every request. Through redis-py's asyncio
-client it cost ~60 µs of the API's CPU (16 concurrent callers, 2026-12-02: the connection pool's lock and
-observability hooks, a task per write for the socket timeout on Python 3.11, health checks, the retry
-wrapper); written to one shared socket and parsed with hiredis, which redis-py uses too, it costs ~13 µs.
+client it costs several times the CPU (the connection pool's lock and observability hooks, a task per write
+for the socket timeout on Python 3.11, health checks, the retry wrapper) that it costs written to one shared
+socket and parsed with hiredis, which redis-py uses too (bench/RESULTS.md, Hand-written parts).
 Only that call goes this way (see ``AtomicRedisStore.hit``); everything else uses redis-py.
 
 Redis answers the commands of a connection in the order it received them, so each call waits on a future
@@ -36,7 +36,7 @@ class _Replies(asyncio.Protocol):
 
     Commands sent during one turn of the event loop go out in one write at its end (one system call for the
     requests of a burst, rather than one each), and their replies come back in as few reads. A watchdog,
-    rather than a timeout per call (~2% of a cached read), aborts the connection when the oldest call has
+    rather than a timeout per call (a timer each), aborts the connection when the oldest call has
     waited longer than ``timeout``.
     """
 

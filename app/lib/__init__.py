@@ -1,1 +1,0 @@
-"""Cross-cutting infrastructure; knows no domain."""

@@ -1,0 +1,1 @@
+"""Connections to PostgreSQL and Redis, and the stores built on them."""
