@@ -1,4 +1,9 @@
-"""Alembic environment: plain `alembic upgrade head` against DATABASE_URL, each run in one transaction."""
+"""Alembic environment: plain `alembic upgrade head` against DATABASE_URL, each run in one transaction but for
+a migration's autocommit block (an index built CONCURRENTLY), which commits the migrations before it.
+
+`alembic upgrade --sql` prints a migration's SQL instead (offline mode): db/lint_migrations.py lints it with
+squawk. A test hands its own engine in `config.attributes["connection"]` (pytest-alembic does).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from typing import Any
 from advanced_alchemy.base import orm_registry
 from alembic import context
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import app.accounts.models
 import app.messaging.outbox
@@ -23,6 +28,10 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 
 target_metadata = orm_registry.metadata
 
+# A statement waiting for a lock queues every later query on that table behind it: a migration gives up
+# rather than stall the service (run it again, or raise it with `alembic -x lock_timeout=30s upgrade head`).
+LOCK_TIMEOUT = context.get_x_argument(as_dictionary=True).get("lock_timeout", "5s")
+
 
 def database_url() -> str:
     try:
@@ -32,6 +41,7 @@ def database_url() -> str:
 
 
 def configure(
+    dialect: str,
     *,
     connection: Connection | None = None,
     url: str | None = None,
@@ -44,23 +54,31 @@ def configure(
         literal_binds=literal_binds,
         dialect_opts=dialect_opts,
         target_metadata=target_metadata,
-        render_as_batch=database_url().startswith("sqlite"),  # SQLite alters tables by copying them
+        render_as_batch=dialect == "sqlite",  # SQLite alters tables by copying them
         transactional_ddl=True,  # SQLite's DDL is transactional too, once the driver lets it (see below)
         compare_type=True,
         transaction_per_migration=False,  # one transaction for the whole upgrade
     )
 
 
-def run_offline() -> None:
-    configure(url=database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+def run_migrations(dialect: str) -> None:
     with context.begin_transaction():
+        if dialect == "postgresql":
+            # Session-wide (not SET LOCAL): it outlives the commits of the migrations' autocommit blocks.
+            context.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         context.run_migrations()
+
+
+def run_offline() -> None:
+    url = database_url()
+    dialect = make_url(url).get_backend_name()
+    configure(dialect, url=url, literal_binds=True, dialect_opts={"paramstyle": "named"})
+    run_migrations(dialect)
 
 
 def run_sync(connection: Connection) -> None:
-    configure(connection=connection)
-    with context.begin_transaction():
-        context.run_migrations()
+    configure(connection.dialect.name, connection=connection)
+    run_migrations(connection.dialect.name)
 
 
 def transactional_sqlite(engine: Engine) -> None:
@@ -78,15 +96,18 @@ def transactional_sqlite(engine: Engine) -> None:
 
 
 async def run_online() -> None:
-    engine = create_async_engine(database_url())
-    if engine.dialect.name == "sqlite":
+    given = config.attributes.get("connection")
+    engine = given if isinstance(given, AsyncEngine) else create_async_engine(database_url())
+    owned = engine is not given
+    if owned and engine.dialect.name == "sqlite":
         transactional_sqlite(engine.sync_engine)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_sync)
             await connection.commit()
     finally:
-        await engine.dispose()
+        if owned:
+            await engine.dispose()
 
 
 if context.is_offline_mode():
