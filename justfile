@@ -57,11 +57,13 @@ test *args:
 conformance *args:
     uv run pytest tests/conformance {{args}}
 
-# Lint, and type-check app, tests, bench, db and cluster (mypy strict, set up in pyproject.toml).
+# mypy strict is set up in pyproject.toml; squawk's settings are db/squawk.toml.
+# Lint and type-check app, tests, bench, db and cluster, and lint each migration's SQL with squawk.
 lint:
     uv run ruff check app tests db bench cluster
     uv run ruff format --check app tests db bench cluster
     uv run mypy
+    uv run python db/lint_migrations.py
 
 # Format the code and apply safe lint fixes.
 fmt:
