@@ -71,6 +71,7 @@ class PrometheusMiddleware(LitestarPrometheusMiddleware):
 
     def __init__(self, app: ASGIApp, config: PrometheusConfig) -> None:
         super().__init__(app, config)
+        self.app_name = config.app_name  # our own copy: Litestar keeps the config in a private attribute
         self.lean = config.group_path and not (
             config.labels or config.exemplars or config.excluded_http_methods
         )
@@ -110,7 +111,7 @@ class PrometheusMiddleware(LitestarPrometheusMiddleware):
                 "method": method,
                 "path": path,
                 "status_code": 200,
-                "app_name": self._config.app_name,
+                "app_name": self.app_name,
             }
             route = self.routes[(method, path)] = _Route(self, labels)
         return route

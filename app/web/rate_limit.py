@@ -1,10 +1,10 @@
-"""Rate limiting: Litestar's ``RateLimitConfig`` with what a multi-process deployment needs.
+"""Rate limiting for a multi-process deployment, on Litestar's public ``ASGIMiddleware``.
 
-Litestar's own middleware reads and then writes a history list (two round trips, not atomic across
-processes), sends no ``Retry-After`` and turns a store failure into a 500. The subclass here keeps its
-configuration surface and changes only the counting: one atomic fixed-window ``hit`` on the store (a Lua
-script on Redis), ``Retry-After`` on a 429, and, while Redis is unreachable, per-process counting in memory,
-so the API keeps answering and each process still enforces the limit on its own.
+Litestar's own ``RateLimitMiddleware`` reads and then writes a history list (two round trips, not atomic
+across processes), sends no ``Retry-After`` and turns a store failure into a 500. This one counts with one
+atomic fixed-window ``hit`` on the store (a Lua script on Redis), answers a 429 with ``Retry-After``, and,
+while Redis is unreachable, counts per process in memory, so the API keeps answering and each process still
+enforces the limit on its own. Its store keys and ``RateLimit-*`` headers are those of Litestar's.
 
 A stricter limit for some routes (``stricter``: the authentication routes') is counted by the same middleware
 in the same Redis call, rather than by a second middleware with a round trip of its own.
@@ -18,14 +18,16 @@ with ``read_ahead_values``. A cached order read then costs one Redis round trip 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, TooManyRequestsException
-from litestar.middleware._utils import should_bypass_middleware
-from litestar.middleware.rate_limit import DURATION_VALUES, RateLimitConfig, RateLimitMiddleware
+from litestar.middleware import ASGIMiddleware
+from litestar.middleware.rate_limit import DURATION_VALUES, DurationUnit
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
@@ -48,29 +50,50 @@ AUTH_RATE_LIMITED = "auth_rate_limited"
 
 
 @dataclass
-class SharedRateLimitConfig(RateLimitConfig):
+class SharedRateLimitConfig:
+    """A fixed-window limit on ``rate_limit`` requests per unit for each ``identifier_for_request``."""
+
+    rate_limit: tuple[DurationUnit, int]
+    store: str
+    """The name of its store in the app's registry: an ``AtomicRedisStore`` or ``AtomicMemoryStore``."""
+    identifier_for_request: Callable[[Request[Any, Any, Any]], str]
+    exclude: tuple[str, ...] = ()
+    """Patterns searched in the request's path: the limit leaves the requests they match alone."""
+    check_throttle_handler: Callable[[Request[Any, Any, Any]], Awaitable[bool]] | None = None
+    """Whether the limit counts a request its patterns don't exclude; None: every one."""
     read_ahead: Callable[[Request[Any, Any, Any]], list[str]] = field(default=lambda _: [])
     """The full Redis keys the request will read, fetched in the limiter's round trip."""
     stricter: SharedRateLimitConfig | None = None
     """A second limit, counted along for the requests it applies to (its ``exclude`` and
     ``check_throttle_handler`` decide); those requests get its headers. Its store is on the same Redis."""
 
+    @property
+    def middleware(self) -> SharedRateLimitMiddleware:
+        return SharedRateLimitMiddleware(self)
 
-class SharedRateLimitMiddleware(RateLimitMiddleware):
-    config: SharedRateLimitConfig
 
-    def __init__(self, app: ASGIApp, config: SharedRateLimitConfig) -> None:
-        super().__init__(app, config)
+class SharedRateLimitMiddleware(ASGIMiddleware):
+    """Counts ``config``'s limit, and its ``stricter`` one where it applies, on HTTP requests."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, config: SharedRateLimitConfig) -> None:
+        self.config = config
+        self.unit, self.max_requests = config.rate_limit
         self.window_seconds = DURATION_VALUES[self.unit]
+        self.excluded = re.compile("|".join(config.exclude)) if config.exclude else None
+        # On the request's path, as Litestar 2's exclude_path_pattern matches; Litestar 3's will match the
+        # handler's path instead, and 2 warns of it on each excluded request.
+        self.should_bypass_for_scope = self.is_excluded
         self.fallback = AtomicMemoryStore()
         self.store_failing = False
-        # The stricter limit's own middleware: never called, its methods decide and count for that limit.
-        self.stricter = type(self)(app, config.stricter) if config.stricter else None
+        # The stricter limit's own middleware: never in the stack; its methods decide and count that limit.
+        self.stricter = type(self)(config.stricter) if config.stricter else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         request: Request[Any, Any, Any] = scope["litestar_app"].request_class(scope)
         if not await self.should_check_request(request):
-            await self.app(scope, receive, send)
+            await next_app(scope, receive, send)
             return
         stricter = self.stricter if self.stricter and await self.stricter.applies(request) else None
         windows = await self.count(request, stricter)
@@ -80,26 +103,34 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
             limit.check(window)
         shown, window = windows[0]
         headers = shown.window_headers(window)
-        if not headers:
-            await self.app(scope, receive, send)
-            return
         try:
-            await self.app(scope, receive, _adding_headers(send, headers))
+            await next_app(scope, receive, _adding_headers(send, headers))
         except HTTPException as exc:
             # Raised by the middleware inside (authentication): its response is sent from outside this one,
             # so the window's headers travel with the exception.
             exc.headers = {**headers, **(exc.headers or {})}
             raise
 
+    async def should_check_request(self, request: Request[Any, Any, Any]) -> bool:
+        check = self.config.check_throttle_handler
+        return True if check is None else await check(request)
+
+    def is_excluded(self, scope: Scope) -> bool:
+        return self.excluded is not None and self.excluded.search(scope["path"]) is not None
+
     async def applies(self, request: Request[Any, Any, Any]) -> bool:
-        """Whether this limit counts the request, as the middleware's own exclusions would decide."""
-        bypass = should_bypass_middleware(
-            scope=request.scope,
-            scopes=self.scopes,
-            exclude_opt_key=self.exclude_opt_key,
-            exclude_path_pattern=self.exclude_pattern,
-        )
-        return not bypass and await self.should_check_request(request)
+        """Whether this limit counts the request, as its exclusions would decide were it in the stack."""
+        return not self.is_excluded(request.scope) and await self.should_check_request(request)
+
+    def cache_key_from_request(self, request: Request[Any, Any, Any]) -> str:
+        """The client's key in the store, named as Litestar's rate limiter names it."""
+        key = f"{type(self).__name__}::{self.config.identifier_for_request(request)}"
+        handler = request.scope["route_handler"]
+        if getattr(handler, "is_mount", False):
+            key += "::mount"
+        if getattr(handler, "is_static", False):
+            key += "::static"
+        return key
 
     async def count(
         self, request: Request[Any, Any, Any], stricter: SharedRateLimitMiddleware | None
@@ -123,7 +154,7 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
         return [(stricter, strict_window), (self, window)]
 
     def store(self, app: Litestar) -> Any:
-        return self.config.get_store_from_app(app)
+        return app.stores.get(self.config.store)
 
     async def hit(
         self, key: str, store: Any, read: Sequence[str] = (), also: Sequence[tuple[str, int]] = ()
@@ -159,14 +190,11 @@ class SharedRateLimitMiddleware(RateLimitMiddleware):
         )
 
     def window_headers(self, window: Window) -> dict[str, str]:
-        config = self.config
-        if not config.set_rate_limit_headers:
-            return {}
         return {
-            config.rate_limit_policy_header_key: f"{self.max_requests};w={self.window_seconds}",
-            config.rate_limit_limit_header_key: str(self.max_requests),
-            config.rate_limit_remaining_header_key: str(max(self.max_requests - window.requests, 0)),
-            config.rate_limit_reset_header_key: str(window.resets_in),
+            "RateLimit-Policy": f"{self.max_requests};w={self.window_seconds}",
+            "RateLimit-Limit": str(self.max_requests),
+            "RateLimit-Remaining": str(max(self.max_requests - window.requests, 0)),
+            "RateLimit-Reset": str(window.resets_in),
         }
 
 
@@ -222,7 +250,6 @@ class ClientAddress:
 
 
 def _only_handlers_marked(opt_key: str) -> Callable[[Request[Any, Any, Any]], Awaitable[bool]]:
-    # A coroutine function: Litestar runs a plain function given here in a worker thread, on every request.
     async def marked(request: Request[Any, Any, Any]) -> bool:
         return bool(request.route_handler.opt.get(opt_key))
 
@@ -230,7 +257,7 @@ def _only_handlers_marked(opt_key: str) -> Callable[[Request[Any, Any, Any]], Aw
 
 
 def rate_limit_config(
-    rate: tuple[Any, int],
+    rate: tuple[DurationUnit, int],
     *,
     store: str,
     client_address: ClientAddress,
@@ -240,12 +267,11 @@ def rate_limit_config(
 ) -> SharedRateLimitConfig:
     """A limiter on its own store; ``only_opt`` restricts it to handlers whose ``opt`` sets that key."""
     return SharedRateLimitConfig(
-        read_ahead=read_ahead or (lambda _: []),
-        stricter=stricter,
         rate_limit=rate,
         store=store,
-        exclude=[r"^/health", r"^/schema", r"^/docs"],
         identifier_for_request=client_address,
+        exclude=(r"^/health", r"^/schema", r"^/docs"),
         check_throttle_handler=_only_handlers_marked(only_opt) if only_opt else None,
-        middleware_class=SharedRateLimitMiddleware,
+        read_ahead=read_ahead or (lambda _: []),
+        stricter=stricter,
     )
