@@ -23,7 +23,7 @@ from litestar.response import Redirect
 from app.accounts.auth import BearerAuth, bearer_auth
 from app.accounts.cli import AccountsCLIPlugin
 from app.accounts.controller import AccountController
-from app.accounts.revocations import RevokedSessions
+from app.accounts.revocations import RevocationSyncPlugin, RevokedSessions
 from app.accounts.security import PasswordHasher, TokenCodec, scope_header, unverified_session_id
 from app.config import Settings, SettingsError
 from app.docs.openapi import StrictStructSchemaPlugin
@@ -165,6 +165,7 @@ def _plugins(services: Services) -> list[PluginProtocol]:
         SQLAlchemyPlugin(config=services.db),
         OutboxPlugin(services.outbox),  # after the database's plugin: see OutboxPlugin
         RetentionPlugin(Retention.from_settings(services.db, services.settings)),  # likewise
+        RevocationSyncPlugin(services.revoked),  # likewise
         StrictStructSchemaPlugin(),
         AccountsCLIPlugin(),
         EventsCLIPlugin(),
