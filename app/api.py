@@ -14,7 +14,6 @@ from uuid import UUID
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, Request, get
-from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
@@ -26,7 +25,7 @@ from app.accounts.controller import AccountController
 from app.accounts.revocations import RevocationSyncPlugin, RevokedSessions
 from app.accounts.security import PasswordHasher, TokenCodec, scope_header, unverified_session_id
 from app.config import Settings, SettingsError
-from app.docs.openapi import StrictStructSchemaPlugin
+from app.docs.openapi import RATE_LIMITED_RESPONSE, TOO_MANY_REQUESTS, StrictStructSchemaPlugin
 from app.docs.pages import assets_router, docs_router, render_plugins
 from app.messaging.broker import AmqpPublisher
 from app.messaging.outbox import Outbox, OutboxPlugin, publisher_for
@@ -36,7 +35,12 @@ from app.observability.metrics import prometheus_config
 from app.observability.tracing import start_tracing
 from app.orders.cache import ORDER_CACHE_STORE, OrderCache
 from app.orders.cli import EventsCLIPlugin
-from app.orders.controller import READS_CACHED_ORDER, OrderController
+from app.orders.controller import (
+    IDEMPOTENCY_KEY_HEADER,
+    READS_CACHED_ORDER,
+    RESPONSE_HEADERS,
+    OrderController,
+)
 from app.orders.events import NEW_ORDER
 from app.orders.processing import in_process_handler
 from app.orders.services import OrderReader, OrderService
@@ -45,7 +49,7 @@ from app.storage.db import sqlalchemy_config
 from app.storage.redis import create_redis
 from app.storage.redis_pipe import close_pipelined
 from app.storage.stores import AtomicStore, create_stores
-from app.web.cors import CORSRefusals
+from app.web.cors import CORSRefusals, cors_config
 from app.web.errors import exception_handlers
 from app.web.media_types import require_declared_media_type
 from app.web.rate_limit import AUTH_RATE_LIMITED, ClientAddress, rate_limit_config
@@ -54,12 +58,14 @@ if TYPE_CHECKING:
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
     from litestar.plugins import PluginProtocol
     from litestar.stores.registry import StoreRegistry
-    from litestar.types import Middleware
+    from litestar.types import Method, Middleware
     from redis.asyncio import Redis
 
 MAX_BODY_BYTES = 1024 * 1024
 _UUID_LENGTH = len(str(UUID(int=0)))
 _MAX_REMEMBERED_HEADER = 1024  # characters; an access token's Authorization header is about 400
+METHODS: tuple[Method, ...] = ("GET", "HEAD", "OPTIONS", "PATCH", "POST")
+"""The methods the routes answer (HEAD: the docs' assets), which CORS allows; a test holds it to them."""
 
 
 @get("/docs", include_in_schema=False, opt={"exclude_from_auth": True})
@@ -73,7 +79,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)
     services = Services.from_settings(settings)
     request_context = RequestContext()
-    cors = _cors(settings)
+    cors = cors_config(
+        settings.cors_allowed_origins,
+        methods=METHODS,
+        request_headers=["Authorization", "Content-Type", IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER],
+        # Every header the API documents on a response: the request id, the rate limits', the handlers'.
+        response_headers=[REQUEST_ID_HEADER, *RATE_LIMITED_RESPONSE, *TOO_MANY_REQUESTS, *RESPONSE_HEADERS],
+    )
     return Litestar(
         route_handlers=[AccountController, OrderController, HealthController, docs, assets_router()],
         dependencies=services.dependencies(),
@@ -241,26 +253,6 @@ def _read_ahead(
 
 def _singleton(value: Any) -> Provide:
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
-
-
-def _cors(settings: Settings) -> CORSConfig | None:
-    if not settings.cors_allowed_origins:
-        return None
-    return CORSConfig(
-        allow_origins=list(settings.cors_allowed_origins),
-        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER],
-        expose_headers=[
-            REQUEST_ID_HEADER,
-            "X-Total-Count",
-            "Retry-After",
-            "RateLimit-Limit",
-            "RateLimit-Remaining",
-            "RateLimit-Reset",
-            "RateLimit-Policy",
-        ],
-        allow_credentials=True,
-    )
 
 
 def _openapi(security_components: Components) -> OpenAPIConfig:

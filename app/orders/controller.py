@@ -38,10 +38,18 @@ from app.web.errors import ForbiddenError, problem_responses
 from app.web.rate_limit import read_ahead_values
 
 AuthRequest = Request[Principal, SessionToken, Any]
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+LOCATION_HEADER = "Location"
+REPLAYED_HEADER = "Idempotent-Replayed"
+TOTAL_COUNT_HEADER = "X-Total-Count"
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
+LINK_HEADER = "Link"
+RESPONSE_HEADERS = (LOCATION_HEADER, REPLAYED_HEADER, TOTAL_COUNT_HEADER, NEXT_CURSOR_HEADER, LINK_HEADER)
+"""The headers these handlers set, which a browser's script may read only if CORS exposes them."""
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
-        name="Idempotency-Key",
+        name=IDEMPOTENCY_KEY_HEADER,
         min_length=1,
         max_length=255,
         description="Makes retries safe: the same key from the same user within the deployment's key "
@@ -54,9 +62,6 @@ Offset = Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET, description="Orders 
 
 READS_CACHED_ORDER = "reads_cached_order"
 """Handler ``opt`` key: the handler reads the cache entry of the ``order_id`` in its path (read it ahead)."""
-REPLAYED_HEADER = "Idempotent-Replayed"
-TOTAL_COUNT_HEADER = "X-Total-Count"
-NEXT_CURSOR_HEADER = "X-Next-Cursor"
 Cursor = Annotated[
     str | None,
     QueryParameter(
@@ -92,7 +97,7 @@ TOTAL_COUNT = ResponseHeader(
 )
 NEXT_PAGE_HEADERS = [
     ResponseHeader(
-        name="Link",
+        name=LINK_HEADER,
         value=f'</orders?limit=20&cursor={"A" * CURSOR_LENGTH}>; rel="next"',
         description="The next page (RFC 8288), the same query with `cursor` in place of `offset`; absent on "
         "the last page.",
@@ -185,7 +190,7 @@ class OrderController(Controller):
         description="The server computes `total_price`; a `total_price` sent along must match it.",
         response_headers=[
             ResponseHeader(
-                name="Location",
+                name=LOCATION_HEADER,
                 value="/orders/01a2338a-d470-70ec-a34d-3a021d0919e4",
                 description="The order's URL.",
                 required=True,
@@ -209,7 +214,7 @@ class OrderController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[OrderRead]:
         order, replayed = await orders.place(request.user.user_id, data, idempotency_key)
-        headers = {"Location": f"/orders/{order.id}"}
+        headers = {LOCATION_HEADER: f"/orders/{order.id}"}
         if replayed:
             headers[REPLAYED_HEADER] = "true"
         return Response(order, status_code=HTTP_201_CREATED, headers=headers)
@@ -340,7 +345,7 @@ def _page_headers(request: AuthRequest, page: Page) -> dict[str, str]:
         last = page.orders[-1]
         cursor = encode_cursor(Position(last.created_at, last.id))
         headers[NEXT_CURSOR_HEADER] = cursor
-        headers["Link"] = f'<{request.scope["path"]}?{_next_query(request, cursor)}>; rel="next"'
+        headers[LINK_HEADER] = f'<{request.scope["path"]}?{_next_query(request, cursor)}>; rel="next"'
     return headers
 
 

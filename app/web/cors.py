@@ -4,25 +4,51 @@ Litestar refuses a preflight (origin, method or headers not allowed) with a plai
 allowed methods and headers on every response, whatever the origin. Here a refused preflight is a problem
 document like every other error, and an origin that is not allowed gets no ``Access-Control-*`` header at all.
 
+``cors_config`` builds the configuration from names the caller passes (the app wires in the headers its
+handlers set and the methods its routes answer), so this module knows nothing of the domains.
+
 Litestar places its CORS middleware outside the app's own middleware, and answers a preflight before any
 route is matched, so no middleware of ours sees those answers; a ``before_send`` hook sees every response.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
+from litestar.config.cors import CORSConfig
 
 from app.web.errors import PROBLEM_MEDIA_TYPE, ProblemDetails
 
 if TYPE_CHECKING:
-    from litestar.config.cors import CORSConfig
-    from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Scope
+    from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Method, Scope
 
 _CORS_HEADER_PREFIX = b"access-control-"
 _REFUSAL_KEY = "cors_refusal"
 """In the scope's state: the plain-text reason of a refused preflight, as much of it as has been sent."""
+
+
+def cors_config(
+    origins: Iterable[str],
+    *,
+    methods: Iterable[Method],
+    request_headers: Iterable[str],
+    response_headers: Iterable[str],
+) -> CORSConfig | None:
+    """Cross-origin access for ``origins`` (none if empty), with credentials: the ``methods`` the routes
+    answer, the ``request_headers`` a client may send, and the ``response_headers`` its script may read (a
+    browser hides any other but the CORS-safelisted ones, ``Content-Type`` among them)."""
+    allowed = list(origins)
+    if not allowed:
+        return None
+    return CORSConfig(
+        allow_origins=allowed,
+        allow_methods=sorted(set(methods)),
+        allow_headers=list(dict.fromkeys(request_headers)),
+        expose_headers=list(dict.fromkeys(response_headers)),
+        allow_credentials=True,
+    )
 
 
 class CORSRefusals:
