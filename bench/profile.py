@@ -1,6 +1,7 @@
 """CPU time per request of the API's hot paths, measured inside one process.
 
     uv run python bench/profile.py [--requests 20000] [--only S1]
+    uv run python bench/profile.py --only S1 --only S1r    # the pipelined Redis connection's share of S1
     uv run py-spy record -o s1.svg -- .venv/bin/python bench/profile.py --only S1    # where it goes
 
 wrk's figures (bench/run.py) move with everything else this machine runs. This drives the app's ASGI
@@ -18,8 +19,8 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import redirect_stderr
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -27,6 +28,7 @@ from uuid import UUID
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the app
 
 import uvloop
+from litestar import Litestar
 from reference import bare, one_redis_get
 from run import DEPTH, insert_orders
 from stack import PASSWORD, Stack
@@ -34,6 +36,8 @@ from stack import PASSWORD, Stack
 from app.api import create_app
 from app.config import Settings
 from app.orders.schemas import Position, encode_cursor
+from app.storage.redis import create_redis
+from app.storage.stores import AtomicRedisStore
 
 ORDER = {
     "items": [
@@ -129,6 +133,11 @@ async def api_scenarios(client: Client, stack: Stack) -> dict[str, tuple[str, Re
     deep, cursor = await deep_account(client, stack)
     return {
         "S1": ("GET /orders/{id} (cache hit)", client.request("GET", f"/orders/{orders[0]}", auth)),
+        # S1 again once the limiter counts through redis-py's client (see plain_redis_limiter).
+        "S1r": (
+            "GET /orders/{id} (cache hit), limiter on redis-py",
+            client.request("GET", f"/orders/{orders[0]}", auth),
+        ),
         "S2": ("POST /orders", client.request("POST", "/orders", creator, ORDER)),
         "S3": ("GET /orders/user/{id}?limit=20", client.request("GET", page, auth, query="limit=20")),
         "S4": ("GET /health", client.request("GET", "/health")),
@@ -168,11 +177,31 @@ async def run(stack: Stack, requests: int, only: set[str]) -> None:
     ):
         async with reference.lifespan():
             await row(key, f"reference: {title}", Client(reference).request("GET", "/"))
-    app = create_app(Settings.from_env(stack.env))
-    async with app.lifespan():
+    settings = Settings.from_env(stack.env)
+    app = create_app(settings)
+    async with app.lifespan(), plain_redis_limiter(app, settings) as switch:
         for key, (title, call) in (await api_scenarios(Client(app), stack)).items():
+            if key == "S1r":
+                switch()
             await row(key, title, call)
             await published(stack)
+
+
+@asynccontextmanager
+async def plain_redis_limiter(app: Litestar, settings: Settings) -> AsyncIterator[Callable[[], None]]:
+    """A switch that puts the rate limits' stores (same keys) on a redis-py client of their own with
+    ``pipelined`` off: the limiter's call then goes through redis-py, as every other Redis call does."""
+    redis = create_redis(settings.redis_url or "", settings.redis_timeout_seconds)
+
+    def switch() -> None:
+        for name in ("rate_limit", "auth_rate_limit"):
+            store = AtomicRedisStore(redis, f"{settings.redis_key_prefix}:{name}", pipelined=False)
+            app.stores.register(name, store, allow_override=True)
+
+    try:
+        yield switch
+    finally:
+        await redis.aclose()
 
 
 async def published(stack: Stack) -> None:

@@ -5,6 +5,8 @@ client it costs several times the CPU (the connection pool's lock and observabil
 for the socket timeout on Python 3.11, health checks, the retry wrapper) that it costs written to one shared
 socket and parsed with hiredis, which redis-py uses too (bench/RESULTS.md, Hand-written parts).
 Only that call goes this way (see ``AtomicRedisStore.hit``); everything else uses redis-py.
+``bench/profile.py --only S1 --only S1r`` measures what it saves, and
+tests/integration/test_redis_pipe_contract.py pins what it relies on in hiredis and redis-py.
 
 Redis answers the commands of a connection in the order it received them, so each call waits on a future
 queued in that order. When a call times out the connection is abandoned (its reply may still come and must
