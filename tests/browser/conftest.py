@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,14 @@ class DocsServer:
 @pytest.fixture(scope="session")
 def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsServer]:
     """granian serving ``app.asgi:app`` on loopback, on a migrated SQLite file of its own."""
-    directory = tmp_path_factory.mktemp("docs-server")
+    with api_server(tmp_path_factory.mktemp("docs-server")) as server:
+        yield server
+
+
+@contextmanager
+def api_server(directory: Path, **environ: str) -> Iterator[DocsServer]:
+    """granian serving ``app.asgi:app`` on loopback, on a migrated SQLite file in ``directory``, with these
+    environment variables besides."""
     database_url = f"sqlite+aiosqlite:///{directory / 'orders.db'}"
     migrate(database_url)
     port = free_port()
@@ -90,6 +98,7 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsServer
         "ARGON2_TIME_COST": "1",
         "ARGON2_MEMORY_COST_KIB": "8",
         "ARGON2_PARALLELISM": "1",
+        **environ,
     }
     command = [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--workers", "1"]
     server = DocsServer(f"http://127.0.0.1:{port}", directory / "api.log")
