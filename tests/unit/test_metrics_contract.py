@@ -15,6 +15,7 @@ import pytest
 from litestar import Litestar, get
 from litestar.params import FromPath
 from litestar.plugins.prometheus import PrometheusConfig
+from litestar.plugins.prometheus import PrometheusMiddleware as LitestarPrometheusMiddleware
 from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 
@@ -46,10 +47,11 @@ def samples(app_name: str) -> Samples:
     }
 
 
-def recorded(app_name: str, middleware_class: type | None) -> Samples:
-    """The samples of a few requests, through Litestar's middleware (None) or ``middleware_class``."""
-    options = {"middleware_class": middleware_class} if middleware_class else {}
-    config = PrometheusConfig(app_name=app_name, prefix=PREFIX, group_path=True, **options)
+def recorded(app_name: str, middleware_class: type[LitestarPrometheusMiddleware]) -> Samples:
+    """The samples of a few requests through ``middleware_class``."""
+    config = PrometheusConfig(
+        app_name=app_name, prefix=PREFIX, group_path=True, middleware_class=middleware_class
+    )
     app = Litestar([item], middleware=[config.middleware], debug=False, logging_config=None)
     with TestClient(app) as client:
         for path in ("/items/1", "/items/2", "/items/0", "/missing"):
@@ -59,7 +61,7 @@ def recorded(app_name: str, middleware_class: type | None) -> Samples:
 
 
 def test_the_cached_series_are_those_litestars_middleware_records() -> None:
-    litestars = recorded("litestar", None)
+    litestars = recorded("litestar", LitestarPrometheusMiddleware)
     ours = recorded("ours", PrometheusMiddleware)
 
     def relabelled(taken: Samples, app_name: str) -> Samples:
