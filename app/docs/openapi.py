@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import OpenAPI, OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.plugins import OpenAPISchemaPlugin
 
 from app.observability.logging import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 
 if TYPE_CHECKING:
+    from litestar import Request
     from litestar.typing import FieldDefinition
 
 _COUNT = Schema(type=OpenAPIType.INTEGER, minimum=0)
@@ -85,22 +86,47 @@ class RateLimitedOperation(ServiceOperation):
 class StrictStructSchemaPlugin(OpenAPISchemaPlugin):
     """A Struct that forbids unknown fields answers them with a 422: its schema allows no other properties.
 
-    Everything else in the schema is what the plugins after this one make of the Struct (Litestar's own, which
-    has no public name to extend), so the document says as much about each field as Litestar does.
+    Litestar's own plugin makes every Struct's schema (a DTO's too), so the document says as much about each
+    field as Litestar does; this one makes none. Asked, as every plugin is, whether it makes a field's schema,
+    it notes the name of each strict Struct; ``complete_document`` then closes their schemas in the finished
+    document, before it is first served.
     """
 
+    def __init__(self) -> None:
+        self._strict: set[str] = set()
+        self._completed: OpenAPI | None = None
+
     def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
-        return (
+        if (
             not field_definition.is_union
             and field_definition.is_subclass_of(msgspec.Struct)
             and field_definition.type_.__struct_config__.forbid_unknown_fields
-        )
+        ):
+            # The title Litestar gives a Struct's schema: a DTO's model is named by its __schema_name__.
+            type_ = field_definition.type_
+            self._strict.add(getattr(type_, "__schema_name__", None) or type_.__name__)
+        return False
 
-    # The schema creator's class is private to Litestar, hence Any.
-    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
-        for plugin in schema_creator.plugins:
-            if plugin is not self and schema_creator.plugin_supports_field(plugin, field_definition):
-                schema: Schema = plugin.to_openapi_schema(field_definition, schema_creator)
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: object) -> Schema:
+        raise NotImplementedError("it makes no schema: see is_plugin_supported_field")
+
+    def complete(self, document: OpenAPI) -> None:
+        """Close the schemas of the strict Structs (once per document: it is built once, then cached)."""
+        if document is self._completed:
+            return
+        # By title, which is the type's name whatever key the component got (a lenient Struct of the same
+        # name as a strict one would be closed too: the service has none).
+        for schema in (document.components.schemas or {}).values():
+            if schema.title in self._strict:
                 schema.additional_properties = False
-                return schema
-        raise TypeError(f"no other OpenAPI schema plugin makes a schema of {field_definition.type_!r}")
+        self._completed = document
+
+
+async def complete_document(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` of the routes that serve the document (``docs_router``): Litestar renders it on
+    its first request from the document ``app.openapi_schema`` holds, which this completes first."""
+    try:
+        plugin = request.app.plugins.get(StrictStructSchemaPlugin)
+    except KeyError:  # an app without it
+        return
+    plugin.complete(request.app.openapi_schema)

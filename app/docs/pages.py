@@ -22,6 +22,8 @@ from litestar.openapi.plugins import (
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
+from app.docs.openapi import complete_document
+
 ASSETS_DIR = Path(__file__).parent / "assets"
 ASSETS_PATH = "/schema/assets"
 # What the pages may load: the service's own files, and their inline start-up scripts and styles. Whatever a
@@ -114,6 +116,7 @@ def docs_router() -> Router:
         "/schema",
         route_handlers=[],
         include_in_schema=False,
+        before_request=complete_document,
         response_headers=[ResponseHeader(name="Content-Security-Policy", value=CONTENT_SECURITY_POLICY)],
     )
 
