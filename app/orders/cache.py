@@ -55,8 +55,8 @@ _decoder = msgspec.json.Decoder(OrderRead)
 _encoder = msgspec.json.Encoder()
 # An entry read again is not decoded again: decoding (with the schema's validation) was a measurable share of
 # a cached read's CPU (bench/RESULTS.md, Hand-written parts). Keyed by the entry's bytes, so a changed order
-# is a new key; an unreadable entry raises and is not kept. The orders it returns are shared: callers must not
-# modify them.
+# is a new key; an unreadable entry raises and is not kept. The orders it returns are shared by every reader
+# of the entry, which OrderRead being frozen (its items a tuple) makes safe.
 _decoded = functools.lru_cache(maxsize=1024)(_decoder.decode)
 
 

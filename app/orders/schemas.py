@@ -46,7 +46,9 @@ def money(value: Decimal, field: str) -> Decimal:
     return value.quantize(CENT)
 
 
-class OrderItem(msgspec.Struct, forbid_unknown_fields=True):
+class OrderItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An item of an order: frozen, as the order that holds it (``OrderRead``)."""
+
     name: Annotated[
         str,
         msgspec.Meta(min_length=1, max_length=200, pattern=STORABLE_TEXT, examples=["Espresso beans, 1 kg"]),
@@ -55,9 +57,10 @@ class OrderItem(msgspec.Struct, forbid_unknown_fields=True):
     price: Money
 
     def __post_init__(self) -> None:
-        self.price = money(self.price, "price")
-        if self.price > MAX_PRICE:
+        price = money(self.price, "price")
+        if price > MAX_PRICE:
             raise ValueError(f"`price` must be at most {MAX_PRICE}")
+        msgspec.structs.force_setattr(self, "price", price)  # msgspec's way to normalize a frozen field
 
 
 class OrderCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -110,18 +113,21 @@ StatusChangeBody = Annotated[
 ]
 
 
-class OrderRead(msgspec.Struct):
+class OrderRead(msgspec.Struct, frozen=True):
     """An order as the API shows it, and the cache entry's schema.
 
     A Struct, not a DTO of ``Order``: the paths that answer with orders hold no ORM object to map (and S1, S2
     are the hottest). A cached read decodes the cache's bytes into it, a create builds it from the request's
     values before its one INSERT, a page and a status change from the rows their statements return. The
     two that read an ORM object, a cache miss and an idempotent replay, convert it, as the cache stores it.
+
+    Frozen, its items a tuple: the cache hands one decoded order to all its readers, so none of them may
+    change what the others see.
     """
 
     id: UUID
     user_id: UUID
-    items: list[OrderItem]
+    items: tuple[OrderItem, ...]
     total_price: Money
     status: OrderStatus
     created_at: datetime

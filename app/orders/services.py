@@ -80,7 +80,7 @@ class OrderService:
         order = OrderRead(
             id=uuid7(),
             user_id=user_id,
-            items=data.items,
+            items=tuple(data.items),
             total_price=data.total,
             status=OrderStatus.PENDING,
             created_at=now,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
+from uuid import uuid4
 
 import asyncpg
 import msgspec
@@ -15,7 +18,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
+from app.orders.cache import OrderCache
+from app.orders.models import OrderStatus
+from app.orders.schemas import OrderItem, OrderRead
 from app.storage.redis_pipe import PipelinedRedis
+from app.storage.stores import AtomicRedisStore
 from tests.proxy import proxy_to
 from tests.support import REDIS_URL, UNREACHABLE_REDIS_URL, place_order, same_stores, serving, signed_up
 
@@ -291,3 +298,29 @@ async def test_an_entry_another_process_wrote_is_served_as_written(settings: Set
         read = await client.get(path, headers=alice.headers)
 
     assert read.json() == paid
+
+
+async def test_a_reader_of_a_cached_order_cannot_change_what_the_next_reader_gets() -> None:
+    """A hit hands every reader of an entry the same decoded order: it can't be changed."""
+    redis_client = redis.asyncio.Redis.from_url(REDIS_URL)
+    store = AtomicRedisStore(redis_client, namespace=f"test-{uuid4().hex}:order_cache")
+    cache = OrderCache(store, ttl_seconds=300)
+    now = datetime.now(UTC)
+    item = OrderItem(name="tea", quantity=1, price=Decimal("3.00"))
+    order = OrderRead(uuid4(), uuid4(), (item,), Decimal("3.00"), OrderStatus.PENDING, now, now, None)
+    try:
+        await cache.put_read(order, version=1)
+        read = await cache.get(order.id)
+        assert read is not None
+
+        with pytest.raises(AttributeError):
+            read.status = OrderStatus.CANCELED  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            read.items[0].price = Decimal("0.01")  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            read.items.append(item)  # type: ignore[attr-defined]
+
+        assert msgspec.json.encode(await cache.get(order.id)) == msgspec.json.encode(order)
+    finally:
+        await store.delete_all()
+        await redis_client.aclose()

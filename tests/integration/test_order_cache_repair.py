@@ -60,7 +60,7 @@ def an_order(status: OrderStatus = OrderStatus.PENDING, order_id: UUID | None = 
     return OrderRead(
         id=order_id or uuid4(),
         user_id=uuid4(),
-        items=[OrderItem(name="tea", quantity=1, price=Decimal("3.00"))],
+        items=(OrderItem(name="tea", quantity=1, price=Decimal("3.00")),),
         total_price=Decimal("3.00"),
         status=status,
         created_at=now,
