@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple, cast
+from operator import itemgetter
+from typing import Any, NamedTuple, Protocol, cast
 from uuid import UUID
 
 import msgspec
@@ -31,6 +32,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     select,
     tuple_,
@@ -50,6 +52,7 @@ from app.storage.db import connection_lost
 _orders = cast("Table", Order.__table__)
 _outbox = cast("Table", OutboxMessage.__table__)
 _keys = cast("Table", OrderIdempotencyKey.__table__)
+# The columns of an order that statements return, by name: OrderRead's fields, in their order.
 _ORDER_FIELDS = OrderRead.__struct_fields__
 _NATIVE = (datetime, UUID, Decimal)  # kept as they are when an order becomes column values
 
@@ -207,22 +210,108 @@ _STAMP = _changed(processed_at=bindparam("now")).where(_SOME_ORDERS, _orders.c.p
 _EXISTING = select(_orders.c.id).where(_SOME_ORDERS)
 
 
-_TOTAL = select(func.count()).select_from(_orders).where(_orders.c.user_id == bindparam("user_id"))
-# The total rides along as an uncorrelated subquery, which the database evaluates once per query; the items
-# come as their JSON text, decoded straight into the schema by msgspec.
-_PAGE = (
-    select(
-        *(_orders.c[name] if name != "items" else _orders.c["items"].cast(Text) for name in _ORDER_FIELDS),
-        _TOTAL.scalar_subquery(),
+class _Row(Protocol):
+    """A row of a page's query, its values by column name: asyncpg's ``Record`` or SQLAlchemy's
+    ``RowMapping``."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+_Parameter = Callable[[str], ColumnElement[Any]]
+
+
+def _bind(name: str) -> ColumnElement[Any]:
+    """SQLAlchemy's bind parameter ``name``, of the type of the column so named, if any."""
+    return bindparam(name, type_=_orders.c[name].type if name in _orders.c else None)
+
+
+def _numbered(names: tuple[str, ...]) -> _Parameter:
+    """asyncpg's placeholders for a statement run with the values of ``names`` in that order: ``$1`` is the
+    first. The database infers each one's type from where it stands."""
+    return lambda name: literal_column(f"${names.index(name) + 1}")
+
+
+# A page's SELECTs list _ORDER_FIELDS' columns, and its rows map back to OrderRead by these names (never by
+# position). The items come as their JSON text, decoded by msgspec.
+_COLUMNS = [_orders.c[name] if name != "items" else _orders.c["items"].cast(Text) for name in _ORDER_FIELDS]
+_ITEMS = msgspec.json.Decoder(tuple[OrderItem, ...])
+_TOTAL_COLUMN = "total"  # how many orders match in all, beside each row of a page (or a NULL)
+_TOTAL = select(func.count()).select_from(_orders).where(_orders.c.user_id == _bind("user_id"))
+
+
+def _page_row(row: _Row) -> OrderRead:
+    """A row of a page's query as the schema, field by column name: its values are typed by the driver or
+    SQLAlchemy already, but the items' JSON and (on asyncpg) the status' text."""
+    values = list(_ORDER_VALUES_OF(row))
+    values[_ITEMS_AT] = _ITEMS.decode(values[_ITEMS_AT])
+    values[_STATUS_AT] = OrderStatus(values[_STATUS_AT])
+    return OrderRead(*values)
+
+
+# A row's values picked by column name, in OrderRead's field order (_ORDER_FIELDS is that order), whatever the
+# order of the columns: nearly as cheap as unpacking the row, where building a dict of them is not.
+_ORDER_VALUES_OF = itemgetter(*_ORDER_FIELDS)
+_ITEMS_AT, _STATUS_AT = _ORDER_FIELDS.index("items"), _ORDER_FIELDS.index("status")
+
+
+def _page(parameter: _Parameter) -> Select[Any]:
+    """A page of a user's orders from an offset, counted. The total rides along as an uncorrelated subquery,
+    which the database evaluates once per query."""
+    owned = _orders.c.user_id == parameter("user_id")
+    total = select(func.count()).select_from(_orders).where(owned).scalar_subquery()
+    return (
+        select(*_COLUMNS, total.label(_TOTAL_COLUMN))
+        .where(owned)
+        .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
+        .limit(parameter("limit"))
+        .offset(parameter("offset"))
     )
-    .where(_orders.c.user_id == bindparam("user_id"))
-    .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
-    .limit(bindparam("limit"))
-    .offset(bindparam("offset"))
-)
-# asyncpg's SQL ($1: user_id, $2: limit, $3: offset); the dialect's class has no type hints.
-_PAGE_POSTGRESQL = str(_PAGE.compile(dialect=asyncpg.dialect()))  # type: ignore[no-untyped-call]
-_ITEMS = msgspec.json.Decoder(list[OrderItem])
+
+
+def _page_after(parameter: _Parameter) -> Select[Any]:
+    """A page of a user's orders past a cursor, not counted: the plainest page of cursor paging."""
+    return (
+        select(*_COLUMNS, null().label(_TOTAL_COLUMN))
+        .where(
+            _orders.c.user_id == parameter("user_id"),
+            tuple_(_orders.c.created_at, _orders.c.id) < tuple_(parameter("created_at"), parameter("id")),
+        )
+        .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
+        .limit(parameter("limit"))
+    )
+
+
+def _asyncpg_sql(statement: Select[Any]) -> str:
+    return str(statement.compile(dialect=asyncpg.dialect()))  # type: ignore[no-untyped-call]
+
+
+# The plainest pages, built once: SQLAlchemy's statement (SQLite), and asyncpg's SQL, which takes the values
+# of its parameters in the order named beside it.
+_PAGE, _PAGE_PARAMETERS = _page(_bind), ("user_id", "limit", "offset")
+_PAGE_POSTGRESQL = _asyncpg_sql(_page(_numbered(_PAGE_PARAMETERS)))
+_PAGE_AFTER, _PAGE_AFTER_PARAMETERS = _page_after(_bind), ("user_id", "created_at", "id", "limit")
+_PAGE_AFTER_POSTGRESQL = _asyncpg_sql(_page_after(_numbered(_PAGE_AFTER_PARAMETERS)))
+
+
+async def _page_rows(
+    connection: AsyncConnection, statement: Select[Any], sql: str, names: tuple[str, ...], **values: Any
+) -> Sequence[_Row]:
+    """The rows of a precompiled page: on PostgreSQL ``sql`` goes to asyncpg directly (its errors are then
+    asyncpg's own), elsewhere ``statement`` through SQLAlchemy."""
+    if connection.dialect.name == "postgresql":
+        return await _fetch(connection, sql, *(values[name] for name in names))
+    return (await connection.execute(statement, values)).mappings().all()
+
+
+async def _fetch(connection: AsyncConnection, sql: str, *args: Any) -> Sequence[_Row]:
+    """The rows of asyncpg's ``sql``, run on the connection's driver directly. Its errors are asyncpg's."""
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    try:
+        return cast("Sequence[_Row]", await driver.fetch(sql, *args))
+    except Exception as exc:
+        if connection_lost(exc):  # as SQLAlchemy does for its own statements: never reuse it
+            await connection.invalidate(exc)
+        raise
 
 
 async def read_page(
@@ -233,41 +322,31 @@ async def read_page(
 
     The hottest query of the API. On PostgreSQL it goes to asyncpg directly: SQLAlchemy's execution and
     result processing, and converting its rows with validation, cost twice the rest of a page of 20
-    (bench/RESULTS.md, Hand-written parts). Its errors are then asyncpg's own.
+    (bench/RESULTS.md, Hand-written parts).
     """
-    if connection.dialect.name == "postgresql":
-        rows: Sequence[Any] = await _fetch(connection, _PAGE_POSTGRESQL, user_id, limit, offset)
-    else:
-        rows = (await connection.execute(_PAGE, {"user_id": user_id, "limit": limit, "offset": offset})).all()
+    rows = await _page_rows(
+        connection, _PAGE, _PAGE_POSTGRESQL, _PAGE_PARAMETERS, user_id=user_id, limit=limit, offset=offset
+    )
     if not rows:  # past the last page, the total has no row to ride on
         return [], await connection.scalar(_TOTAL, {"user_id": user_id}) or 0
-    return [_page_row(row) for row in rows], rows[0][-1]
+    return [_page_row(row) for row in rows], rows[0][_TOTAL_COLUMN]
 
 
-async def _fetch(connection: AsyncConnection, sql: str, *args: Any) -> Sequence[Any]:
-    """The rows of asyncpg's ``sql``, run on the connection's driver directly. Its errors are asyncpg's."""
-    driver: Any = (await connection.get_raw_connection()).driver_connection
-    try:
-        return cast("Sequence[Any]", await driver.fetch(sql, *args))
-    except Exception as exc:
-        if connection_lost(exc):  # as SQLAlchemy does for its own statements: never reuse it
-            await connection.invalidate(exc)
-        raise
-
-
-def _page_row(row: Sequence[Any]) -> OrderRead:
-    """A row of a page's query as the schema: its values are typed by the driver or SQLAlchemy already."""
-    order_id, user_id, items, total_price, status, created_at, updated_at, processed_at, _ = row
-    return OrderRead(
-        id=order_id,
+async def read_page_after(connection: AsyncConnection, user_id: UUID, after: Position, limit: int) -> Page:
+    """The page of the user's orders after ``after``, newest first, not counted: ``read_filtered_page``
+    with no filter but the user and the cursor, on asyncpg directly as ``read_page`` (S6 in
+    bench/RESULTS.md, Hand-written parts)."""
+    rows = await _page_rows(
+        connection,
+        _PAGE_AFTER,
+        _PAGE_AFTER_POSTGRESQL,
+        _PAGE_AFTER_PARAMETERS,
         user_id=user_id,
-        items=_ITEMS.decode(items),
-        total_price=total_price,
-        status=OrderStatus(status),
-        created_at=created_at,
-        updated_at=updated_at,
-        processed_at=processed_at,
+        created_at=after.created_at,
+        id=after.id,
+        limit=limit + 1,
     )
+    return Page([_page_row(row) for row in rows[:limit]], None, len(rows) > limit)
 
 
 class Page(NamedTuple):
@@ -297,7 +376,6 @@ class Older(StatementFilter):
 
 
 _NEWEST_FIRST = (OrderBy("created_at", "desc"), OrderBy("id", "desc"))
-_COLUMNS = [_orders.c[name] if name != "items" else _orders.c["items"].cast(Text) for name in _ORDER_FIELDS]
 
 
 async def read_filtered_page(
@@ -311,8 +389,9 @@ async def read_filtered_page(
     """A page of the orders that ``filters`` (advanced-alchemy's, and ``Older``) select, newest first; with
     how many they select in all if ``count``. One more row than the page is read, to tell if more follow.
 
-    Every query but the plainest page (``read_page``): the statement varies with the filters given, so it
-    goes through SQLAlchemy, whose compiled cache holds one entry per combination of filters.
+    Every query but the plainest pages (``read_page``, ``read_page_after``): the statement varies with the
+    filters given, so it goes through SQLAlchemy, whose compiled cache holds one entry per combination of
+    filters.
     """
     selected: Select[Any] = select(*_COLUMNS)
     counted: Select[Any] = select(func.count()).select_from(_orders)
@@ -322,41 +401,10 @@ async def read_filtered_page(
             counted = condition.append_to_statement(counted, Order)
     for clause in (*_NEWEST_FIRST, LimitOffset(limit + 1, offset)):
         selected = clause.append_to_statement(selected, Order)
-    # The total rides along as in ``_PAGE`` (or a NULL in its place: the rows have one shape).
-    selected = selected.add_columns(counted.scalar_subquery() if count else null())
-    rows = (await connection.execute(selected)).all()
+    # The total rides along as in ``_page`` (or a NULL in its place: the rows have one shape).
+    selected = selected.add_columns((counted.scalar_subquery() if count else null()).label(_TOTAL_COLUMN))
+    rows = (await connection.execute(selected)).mappings().all()
     total = None
     if count:
-        total = rows[0][-1] if rows else await connection.scalar(counted) or 0
+        total = rows[0][_TOTAL_COLUMN] if rows else await connection.scalar(counted) or 0
     return Page([_page_row(row) for row in rows[:limit]], total, len(rows) > limit)
-
-
-# A user's page after a cursor, without filters: the plainest page of cursor paging, precompiled like _PAGE.
-_PAGE_AFTER = (
-    select(*_COLUMNS, null())
-    .where(
-        _orders.c.user_id == bindparam("user_id"),
-        tuple_(_orders.c.created_at, _orders.c.id)
-        < tuple_(
-            bindparam("created_at", type_=_orders.c.created_at.type), bindparam("id", type_=_orders.c.id.type)
-        ),
-    )
-    .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
-    .limit(bindparam("limit"))
-)
-_page_after = _PAGE_AFTER.compile(dialect=asyncpg.dialect())  # type: ignore[no-untyped-call]
-_PAGE_AFTER_POSTGRESQL, _PAGE_AFTER_PARAMETERS = str(_page_after), tuple(_page_after.positiontup or ())
-
-
-async def read_page_after(connection: AsyncConnection, user_id: UUID, after: Position, limit: int) -> Page:
-    """The page of the user's orders after ``after``, newest first, not counted: ``read_filtered_page``
-    with no filter but the user and the cursor, on asyncpg directly as ``read_page`` (S6 in
-    bench/RESULTS.md, Hand-written parts)."""
-    values = {"user_id": user_id, "created_at": after.created_at, "id": after.id, "limit": limit + 1}
-    if connection.dialect.name == "postgresql":
-        rows = await _fetch(
-            connection, _PAGE_AFTER_POSTGRESQL, *(values[name] for name in _PAGE_AFTER_PARAMETERS)
-        )
-    else:
-        rows = (await connection.execute(_PAGE_AFTER, values)).all()
-    return Page([_page_row(row) for row in rows[:limit]], None, len(rows) > limit)

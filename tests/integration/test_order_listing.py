@@ -314,3 +314,41 @@ async def test_paging_and_filters_run_on_the_embedded_default(settings: Settings
     assert ids(by_time) == [order["id"] for order in reversed(orders[1:])]
     assert ids(offset) == [order["id"] for order in reversed(orders)][1:3]
     assert offset.headers["x-total-count"] == "5"
+
+
+async def test_every_kind_of_page_shows_each_column_in_its_own_field(
+    client: Client, settings: Settings, alice: Account
+) -> None:
+    """Three timestamps of one order, each its own, come out in their own fields from the counted page and
+    the page by cursor (asyncpg's) and from a filtered page (SQLAlchemy's)."""
+    older, order, newer = await orders_in_statuses(client, alice, "PENDING", "PAID", "PENDING")
+    times = {
+        "created_at": datetime.fromisoformat("2026-12-01T10:00:00Z"),
+        "updated_at": datetime.fromisoformat("2026-12-02T11:00:00Z"),
+        "processed_at": datetime.fromisoformat("2026-12-03T12:00:00Z"),
+    }
+    await sql(
+        settings.database_url,
+        "UPDATE orders SET created_at = $2, updated_at = $3, processed_at = $4 WHERE id = $1",
+        UUID(order["id"]),
+        *times.values(),
+    )
+    for other, created_at in ((older, "2026-11-30T00:00:00Z"), (newer, "2026-12-05T00:00:00Z")):
+        await sql(
+            settings.database_url,
+            "UPDATE orders SET created_at = $2 WHERE id = $1",
+            UUID(other["id"]),
+            datetime.fromisoformat(created_at),
+        )
+
+    counted = await client.get("/orders", params={"limit": 1, "offset": 1}, headers=alice.headers)
+    following = next_url(await client.get("/orders", params={"limit": 1}, headers=alice.headers))
+    assert following is not None
+    by_cursor = await client.get(following, headers=alice.headers)
+    filtered = await client.get("/orders", params={"status": "PAID"}, headers=alice.headers)
+
+    for page in (counted, by_cursor, filtered):
+        assert ids(page) == [order["id"]]
+        [listed] = page.json()
+        assert listed["status"] == "PAID"
+        assert {name: datetime.fromisoformat(listed[name]) for name in times} == times
