@@ -45,10 +45,9 @@ class Order(UUIDv7AuditBase):
         default=OrderStatus.PENDING,
     )
     processed_at: Mapped[datetime | None] = mapped_column(DateTimeUTC(timezone=True))
-    # Bumped by every UPDATE (SQLAlchemy's version counter): the cache keeps only the newest version.
+    # Moved by every write, each a statement of OrderRepository that sets it with its change (not the ORM's
+    # version counter: no write flushes an Order): the cache keeps only the newest version.
     version: Mapped[int] = mapped_column(default=1)
-
-    __mapper_args__ = {"version_id_col": version}
 
 
 class OrderIdempotencyKey(DefaultBase):
