@@ -17,7 +17,7 @@ import msgspec
 import structlog
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from structlog.typing import EventDict, Processor
+from structlog.typing import EventDict, Processor, ProcessorReturnValue, WrappedLogger
 
 from app.observability.tracing import add_trace_ids
 
@@ -40,6 +40,9 @@ def configure_logging(*, level: str, as_json: bool) -> None:
     the standard library's machinery, which matters on every request). Lines of libraries that log through
     the standard library (granian, SQLAlchemy, Celery, aio-pika) are rendered the same way by a handler.
     While tracing is on, a line written within a span carries its ``trace_id`` and ``span_id``.
+
+    Called again (another app in the process: tests), it changes the lines of every logger, those cached on
+    their first use included; the level of a logger already cached stays the one it was cached with.
     """
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -49,12 +52,11 @@ def configure_logging(*, level: str, as_json: bool) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer = _renderer(as_json)
-    # Replaced in place: a logger cached on its first use holds this very list, so it follows a later
-    # configuration (another app in the process) instead of keeping the first.
-    processors = structlog.get_config()["processors"]
-    processors[:] = [*shared, structlog.processors.format_exc_info if as_json else _keep, renderer]
+    # The console renderer formats an exception itself.
+    exceptions = [structlog.processors.format_exc_info] if as_json else []
+    _PIPELINE.processors = [*shared, *exceptions, renderer]
     structlog.configure(
-        processors=processors,
+        processors=[_PIPELINE],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=_NamedLogger,
         cache_logger_on_first_use=True,
@@ -65,6 +67,26 @@ def configure_logging(*, level: str, as_json: bool) -> None:
         _standard_library_handler(shared, renderer, as_json),
     ]
     root.setLevel(level)
+
+
+class _Pipeline:
+    """structlog's one processor, which runs the processors of the latest configuration.
+
+    A logger cached on its first use keeps the processors it was made with; this one being all of them, it
+    follows a later configuration too, for one function call more per line.
+    """
+
+    def __init__(self) -> None:
+        self.processors: list[Processor] = []
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event: EventDict) -> ProcessorReturnValue:
+        result: Any = event  # the renderer's string, after the last one
+        for processor in self.processors:
+            result = processor(logger, method_name, result)
+        return cast("ProcessorReturnValue", result)
+
+
+_PIPELINE = _Pipeline()
 
 
 def _renderer(as_json: bool) -> Processor:
@@ -114,10 +136,6 @@ class _NamedLogger(structlog.WriteLogger):
 
 def _json(event: dict[str, Any], **_: Any) -> str:
     return msgspec.json.encode(event).decode()
-
-
-def _keep(_: Any, __: str, event: EventDict) -> EventDict:
-    return event
 
 
 class RequestContext(ASGIMiddleware):

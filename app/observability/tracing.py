@@ -75,7 +75,7 @@ def start_tracing(
     """Configure tracing for this process, if the environment turns it on; whether it is on.
 
     Once per process (later calls change nothing). Call it before the role's connections are made; lines
-    carry the trace id whether logging was configured before or after (a later start configures it again).
+    carry the trace id whether logging was configured before or after (``add_trace_ids`` is always there).
     It instruments what every role uses:
     PostgreSQL (asyncpg, which is also what SQLAlchemy's statements go through) and Redis; with
     ``instrument_amqp``, aio-pika too (the API's publisher and the consumer). Celery is the consumer's and
