@@ -75,7 +75,8 @@ async def docs() -> Redirect:
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
-    traced = start_tracing("api", instrument_amqp=bool(settings.amqp_url))  # before logging: see there
+    # First: the services below create their clients with the instrumentations already in place.
+    traced = start_tracing("api", instrument_amqp=bool(settings.amqp_url))
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)
     services = Services.from_settings(settings)
     request_context = RequestContext()

@@ -274,7 +274,7 @@ def _text(value: object) -> str | None:
 
 async def main() -> None:
     settings = Settings.from_env()
-    tracing = start_tracing("consumer", instrument_amqp=True)  # before logging: its lines get trace ids
+    tracing = start_tracing("consumer", instrument_amqp=True)  # before its clients are created
     configure_logging(level=settings.log_level, as_json=settings.log_as_json)
     if not settings.amqp_url:
         raise SystemExit(
