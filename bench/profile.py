@@ -2,6 +2,7 @@
 
     uv run python bench/profile.py [--requests 20000] [--only S1]
     uv run python bench/profile.py --only S1 --only S1r    # the pipelined Redis connection's share of S1
+    uv run python bench/profile.py --only S1 --only M1 --only M2    # the metrics middleware's share of S1
     uv run py-spy record -o s1.svg -- .venv/bin/python bench/profile.py --only S1    # where it goes
 
 wrk's figures (bench/run.py) move with everything else this machine runs. This drives the app's ASGI
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, redirect_stderr
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -29,12 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the app
 
 import uvloop
 from litestar import Litestar
-from reference import bare, one_redis_get
+from litestar.plugins.prometheus import PrometheusMiddleware as LitestarPrometheusMiddleware
+from reference import bare, bare_reply, one_redis_get
 from run import DEPTH, insert_orders
 from stack import PASSWORD, Stack
 
 from app.api import create_app
 from app.config import Settings
+from app.observability.metrics import PrometheusMiddleware, prometheus_config
 from app.orders.schemas import Position, encode_cursor
 from app.storage.redis import create_redis
 from app.storage.stores import AtomicRedisStore
@@ -172,11 +176,13 @@ async def run(stack: Stack, requests: int, only: set[str]) -> None:
             print(f"| {key} | {title} | {cpu:,.0f} | {rate:,.0f} |", flush=True)
 
     for key, title, reference in (
-        ("R1", "bare route", bare),
-        ("R2", "one Redis GET", one_redis_get),
+        ("R1", "reference: bare route", bare),
+        ("R2", "reference: one Redis GET", one_redis_get),
+        ("M1", "bare route, Litestar's Prometheus middleware", metered(LitestarPrometheusMiddleware)),
+        ("M2", "bare route, the API's Prometheus middleware", metered(PrometheusMiddleware)),
     ):
         async with reference.lifespan():
-            await row(key, f"reference: {title}", Client(reference).request("GET", "/"))
+            await row(key, title, Client(reference).request("GET", "/"))
     settings = Settings.from_env(stack.env)
     app = create_app(settings)
     async with app.lifespan(), plain_redis_limiter(app, settings) as switch:
@@ -185,6 +191,13 @@ async def run(stack: Stack, requests: int, only: set[str]) -> None:
                 switch()
             await row(key, title, call)
             await published(stack)
+
+
+def metered(middleware: type[LitestarPrometheusMiddleware]) -> Litestar:
+    """R1's route behind a Prometheus middleware configured as the API's: M1 - M2 is what the API's
+    (each route's series looked up once) saves per request."""
+    config = replace(prometheus_config(), middleware_class=middleware)
+    return Litestar([bare_reply], middleware=[config.middleware], logging_config=None, openapi_config=None)
 
 
 @asynccontextmanager
