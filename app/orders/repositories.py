@@ -84,7 +84,7 @@ class OrderRepository(SQLAlchemyAsyncRepository[Order]):
         unique index: one wins, the others write nothing.
         """
         values = _place_values(order, event, claim)
-        if self._dialect.name == "postgresql":
+        if self.session.get_bind().dialect.name == "postgresql":
             placed = await self.session.execute(_PLACE_CLAIMING if claim else _PLACE, values)
             return placed.first() is not None
         # SQLite (the embedded default) has no INSERT inside WITH; a local file needs no round trips saved.
