@@ -40,6 +40,7 @@ class AccountController(Controller):
         responses=problem_responses(400, 409, 413, 422, 429),
         operation_class=RateLimitedOperation,
         return_dto=UserRead,
+        operation_id="register",
     )
     async def register(
         self,
@@ -56,6 +57,7 @@ class AccountController(Controller):
         summary="Log in (OAuth2 password grant)",
         responses=problem_responses(400, 401, 413, 422, 429, oauth2=True),
         operation_class=RateLimitedOperation,
+        operation_id="login",
     )
     async def login(
         self,
@@ -77,6 +79,7 @@ class AccountController(Controller):
         description="Refresh tokens are single use: presenting an already exchanged one ends the session.",
         responses=problem_responses(400, 401, 413, 422, 429, oauth2=True),
         operation_class=RateLimitedOperation,
+        operation_id="refreshToken",
     )
     async def refresh(
         self,
@@ -101,6 +104,7 @@ class AccountController(Controller):
         security=BEARER_REQUIRED,
         responses=problem_responses(401, 429),
         operation_class=RateLimitedOperation,
+        operation_id="logout",
     )
     async def logout(
         self,
@@ -117,6 +121,7 @@ class AccountController(Controller):
         responses=problem_responses(401, 429),
         operation_class=RateLimitedOperation,
         return_dto=UserRead,
+        operation_id="getCurrentUser",
     )
     async def me(
         self, request: Request[Principal, SessionToken, Any], users: NamedDependency[UserService]

@@ -115,7 +115,10 @@ class HealthController(Controller):
     opt = {"exclude_from_auth": True}
 
     @get(
-        "/", summary="Liveness: the process answers (touches no dependency)", operation_class=ServiceOperation
+        "/",
+        summary="Liveness: the process answers (touches no dependency)",
+        operation_class=ServiceOperation,
+        operation_id="checkLiveness",
     )
     async def live(self) -> Liveness:
         return Liveness()
@@ -129,6 +132,7 @@ class HealthController(Controller):
             HTTP_503_SERVICE_UNAVAILABLE: ResponseSpec(Readiness, description="A dependency is failing")
         },
         operation_class=ServiceOperation,
+        operation_id="checkReadiness",
     )
     async def ready(self, readiness: NamedDependency[ReadinessChecks]) -> Response[Readiness]:
         report = await readiness.report()

@@ -205,6 +205,7 @@ class OrderController(Controller):
         ],
         responses=problem_responses(400, 401, 413, 422, 429),
         operation_class=RateLimitedOperation,
+        operation_id="createOrder",
     )
     async def place(
         self,
@@ -226,6 +227,7 @@ class OrderController(Controller):
         responses=problem_responses(401, 422, 429),
         operation_class=RateLimitedOperation,
         dependencies=PAGES,
+        operation_id="listOrders",
     )
     async def list_own(
         self,
@@ -243,6 +245,7 @@ class OrderController(Controller):
         responses=problem_responses(401, 403, 422, 429),
         operation_class=RateLimitedOperation,
         dependencies=PAGES,
+        operation_id="listUserOrders",
     )
     async def list_for_user(
         self,
@@ -266,6 +269,7 @@ class OrderController(Controller):
         responses=problem_responses(401, 403, 422, 429),
         operation_class=RateLimitedOperation,
         dependencies=PAGES,
+        operation_id="listAllOrders",
     )
     async def list_all(
         self,
@@ -283,6 +287,7 @@ class OrderController(Controller):
         description="Another user's order answers 404, like an unknown one.",
         responses=problem_responses(401, 404, 422, 429),
         operation_class=RateLimitedOperation,
+        operation_id="getOrder",
     )
     async def read(
         self,
@@ -303,6 +308,7 @@ class OrderController(Controller):
         operation_class=RateLimitedOperation,
         dto=OrderStatusUpdate,
         return_dto=None,
+        operation_id="updateOrderStatus",
     )
     async def change_status(
         self,

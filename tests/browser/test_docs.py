@@ -15,8 +15,8 @@ from tests.browser.conftest import Browser, DocsServer
 from tests.support import PASSWORD, new_email
 
 AUTHORIZE_DIALOG = ".modal-ux"
-PLACE_ORDER = "#operations-orders-OrdersPlace"
-LIST_OWN_ORDERS = "#operations-orders-OrdersListOwn"
+PLACE_ORDER = "#operations-orders-createOrder"
+LIST_OWN_ORDERS = "#operations-orders-listOrders"
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -135,3 +136,14 @@ def test_the_login_form_is_prefilled_with_the_walkthrough_account(document: dict
     assert form["grant_type"]["type"] == "string"
     assert form["grant_type"]["default"] == "password"
     assert "password" in form["grant_type"]["enum"]
+
+
+def test_operation_ids_are_a_verb_and_what_it_acts_on_with_no_word_twice(document: dict[str, Any]) -> None:
+    """Generated clients name their functions after operationIds: ``register``, ``createOrder``, not
+    ``RegisterRegister`` or ``OrdersPlace``."""
+    ids = [operation["operationId"] for operation in operations(document).values()]
+    assert len(set(ids)) == len(ids)
+    for operation_id in ids:
+        assert re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)*", operation_id), f"{operation_id}: not lower camel case"
+        words = [word.lower() for word in re.findall(r"[A-Z]?[a-z]+", operation_id)]
+        assert len(set(words)) == len(words), f"{operation_id} repeats a word"

@@ -61,7 +61,7 @@ def generated(live_api: LiveApi, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def part(name: str) -> Any:
-    """A module of the generated package, e.g. ``api.orders.orders_place``."""
+    """A module of the generated package, e.g. ``api.orders.create_order``."""
     return importlib.import_module(f"{PACKAGE}.{name}")
 
 
@@ -72,13 +72,13 @@ def test_a_generated_client_completes_the_whole_flow(live_api: LiveApi, generate
     # Every answer must be one the document declares: an undocumented status raises.
     anonymous = generated.Client(base_url=live_api.base_url, raise_on_unexpected_status=True)
 
-    user = part(f"{accounts}.register_register").sync(
+    user = part(f"{accounts}.register").sync(
         client=anonymous, body=models.Registration(email=email, password=PASSWORD)
     )
     assert isinstance(user, models.UserRead)
     assert user.email == email
 
-    tokens = part(f"{accounts}.token_login").sync(
+    tokens = part(f"{accounts}.login").sync(
         client=anonymous, body=models.PasswordGrant(username=email, password=PASSWORD)
     )
     assert isinstance(tokens, models.TokenPair)
@@ -87,7 +87,7 @@ def test_a_generated_client_completes_the_whole_flow(live_api: LiveApi, generate
     )
 
     item = models.OrderItem(name="Espresso beans", quantity=2, price="12.50")
-    placed = part(f"{orders}.orders_place").sync_detailed(
+    placed = part(f"{orders}.create_order").sync_detailed(
         client=client, body=models.OrderCreate(items=[item]), idempotency_key="generated-client-1"
     )
     assert placed.status_code == HTTPStatus.CREATED
@@ -97,35 +97,35 @@ def test_a_generated_client_completes_the_whole_flow(live_api: LiveApi, generate
     assert order.status == models.OrderStatus.PENDING
     assert placed.headers["location"] == f"/orders/{order.id}"
 
-    read = part(f"{orders}.orders_order_id_read").sync(order.id, client=client)
+    read = part(f"{orders}.get_order").sync(order.id, client=client)
     assert isinstance(read, models.OrderRead)
     assert read.id == order.id
     assert isinstance(read.id, UUID)
     assert [(line.name, line.quantity, line.price) for line in read.items] == [("Espresso beans", 2, "12.50")]
 
-    paid = part(f"{orders}.orders_order_id_change_status").sync(
+    paid = part(f"{orders}.update_order_status").sync(
         order.id, client=client, body=models.OrderStatusUpdate(status=models.OrderStatus.PAID)
     )
     assert isinstance(paid, models.OrderRead)
     assert paid.status == models.OrderStatus.PAID
 
-    page = part(f"{orders}.orders_list_own").sync_detailed(client=client, limit=10, offset=0)
+    page = part(f"{orders}.list_orders").sync_detailed(client=client, limit=10, offset=0)
     assert page.status_code == HTTPStatus.OK
     assert [listed.id for listed in page.parsed] == [order.id]
     assert page.headers["x-total-count"] == "1"
 
-    refreshed = part(f"{accounts}.token_refresh_refresh").sync(
+    refreshed = part(f"{accounts}.refresh_token").sync(
         client=anonymous, body=models.RefreshRequest(refresh_token=tokens.refresh_token)
     )
     assert isinstance(refreshed, models.TokenPair)
     client = generated.AuthenticatedClient(
         base_url=live_api.base_url, token=refreshed.access_token, raise_on_unexpected_status=True
     )
-    assert isinstance(part(f"{accounts}.users_me_me").sync(client=client), models.UserRead)
+    assert isinstance(part(f"{accounts}.get_current_user").sync(client=client), models.UserRead)
 
-    logged_out = part(f"{accounts}.logout_logout").sync_detailed(client=client)
+    logged_out = part(f"{accounts}.logout").sync_detailed(client=client)
     assert logged_out.status_code == HTTPStatus.NO_CONTENT
 
-    refused = part(f"{accounts}.users_me_me").sync(client=client)
+    refused = part(f"{accounts}.get_current_user").sync(client=client)
     assert isinstance(refused, models.ProblemDetails)
     assert refused.status == 401
