@@ -57,16 +57,22 @@ def migrate(database_url: str) -> None:
 
 
 @contextmanager
-def migrated_database() -> Iterator[str]:
-    """A new database migrated with plain `alembic upgrade head`, dropped when the block ends."""
+def empty_database() -> Iterator[str]:
+    """A new database with no table in it, dropped when the block ends."""
     name = f"orders_test_{uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
     try:
-        migrate(url)
-        yield url
+        yield POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def migrated_database() -> Iterator[str]:
+    """A new database migrated with plain `alembic upgrade head`, dropped when the block ends."""
+    with empty_database() as url:
+        migrate(url)
+        yield url
 
 
 def settings_for(database_url: str, **overrides: Any) -> Settings:

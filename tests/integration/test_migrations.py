@@ -10,9 +10,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
 
-import asyncpg
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -25,7 +23,7 @@ from pytest_alembic.tests import (
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.support import POSTGRES_URL, ROOT
+from tests.support import ROOT, empty_database
 
 __all__ = [
     "test_model_definitions_match_ddl",
@@ -35,23 +33,11 @@ __all__ = [
 ]
 
 
-async def admin(statement: str) -> None:
-    connection = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 def empty_database_url() -> Iterator[str]:
     """A database of this run's own with no table in it, dropped at the end: pytest-alembic migrates it."""
-    name = f"orders_test_{uuid4().hex[:12]}"
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with empty_database() as url:
+        yield url
 
 
 @pytest.fixture
