@@ -263,19 +263,26 @@ def chromium(profile: Path) -> webdriver.Chrome:
     return driver
 
 
-@pytest.fixture
-def browser(
-    request: pytest.FixtureRequest, chromium_installed: None, docs_server: DocsServer, tmp_path: Path
-) -> Iterator[Browser]:
-    """Chromium on the service, closed at the end; a failing test's artifacts are saved first (see below)."""
+@contextmanager
+def browser_on(request: pytest.FixtureRequest, base_url: str, tmp_path: Path) -> Iterator[Browser]:
+    """Chromium on ``base_url``, closed at the end; a failing test's artifacts are saved first (see below)."""
     driver = chromium(tmp_path / "profile")
-    opened = Browser(driver, docs_server.base_url, tmp_path / "browser-artifacts")
+    opened = Browser(driver, base_url, tmp_path / "browser-artifacts")
     request.node.stash[BROWSER] = opened
     try:
         yield opened
     finally:
         del request.node.stash[BROWSER]
         driver.quit()
+
+
+@pytest.fixture
+def browser(
+    request: pytest.FixtureRequest, chromium_installed: None, docs_server: DocsServer, tmp_path: Path
+) -> Iterator[Browser]:
+    """Chromium on the service."""
+    with browser_on(request, docs_server.base_url, tmp_path) as opened:
+        yield opened
 
 
 @pytest.hookimpl(wrapper=True)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import BROWSER, Browser, DocsServer, api_server, chromium
+from tests.browser.conftest import Browser, DocsServer, api_server, browser_on
 from tests.support import PASSWORD, free_port, new_email, order_body
 
 PAGE = """<!doctype html>
@@ -79,15 +79,9 @@ def page(
     request: pytest.FixtureRequest, chromium_installed: None, page_origin: str, tmp_path: Path
 ) -> Iterator[Browser]:
     """Chromium on the page's origin; a failing test's artifacts are saved (see conftest)."""
-    driver = chromium(tmp_path / "profile")
-    opened = Browser(driver, page_origin, tmp_path / "browser-artifacts")
-    request.node.stash[BROWSER] = opened
-    try:
+    with browser_on(request, page_origin, tmp_path) as opened:
         opened.open("/index.html")
         yield opened
-    finally:
-        del request.node.stash[BROWSER]
-        driver.quit()
 
 
 def access_token(api: DocsServer) -> str:
